@@ -1,0 +1,126 @@
+"""The model artifact: weights plus everything needed to serve them, with no pickled code.
+
+A directory holding ``model.safetensors`` (the state dict) and ``classifier.json`` (a
+:class:`ModelSpec`). Training writes it, MLflow stores it inside a pyfunc model, the BentoML
+store keeps a copy, and the service rebuilds the predictor from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .factory import create_classifier
+from .labels import LabelSet, Task
+from .preprocessing import PreprocessConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "classifier.json"
+# Key of the artifact directory inside the MLflow pyfunc model (see models/mlflow_pyfunc.py).
+MLFLOW_ARTIFACT_KEY = "classifier"
+
+
+class ArtifactError(RuntimeError):
+    """A model artifact is missing, incomplete or inconsistent."""
+
+
+class ModelSpec(BaseModel):
+    """Every fact about a trained classifier that serving needs, besides its weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    architecture: str = Field(description="timm architecture name")
+    task: Task
+    labels: tuple[str, ...] = Field(min_length=1, description="class names in head order")
+    preprocessing: PreprocessConfig
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="multi-label decision threshold")
+    class_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-class overrides of `threshold` (multi-label)"
+    )
+    top_k: int = Field(5, ge=1, description="labels returned per image (single-label)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        LabelSet.from_names(self.labels)  # uniqueness / blank checks
+        unknown = sorted(set(self.class_thresholds) - set(self.labels))
+        if unknown:
+            raise ValueError(f"class_thresholds name unknown labels: {unknown}")
+        bad = {k: v for k, v in self.class_thresholds.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"class thresholds must be in [0, 1]: {bad}")
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"artifact format_version {self.format_version} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
+        return self
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet.from_names(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def save_artifact(directory: str | Path, model: torch.nn.Module, spec: ModelSpec) -> Path:
+    """Write weights and spec into ``directory`` (created if needed) and return it."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / SPEC_FILE).write_text(spec.model_dump_json(indent=2))
+    return directory
+
+
+def read_spec(directory: str | Path) -> ModelSpec:
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: not a classifier artifact directory")
+    try:
+        return ModelSpec.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ArtifactError(f"{path} is not a valid model spec: {exc}") from exc
+
+
+def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
+    """Rebuild the model (in eval mode, on CPU) and its spec from an artifact directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    spec = read_spec(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing")
+    model = create_classifier(spec.architecture, spec.num_classes)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ArtifactError(f"cannot load weights from {weights}: {exc}") from exc
+    return model.eval(), spec
+
+
+def classifier_artifact_dir(mlflow_model_dir: str | Path) -> Path:
+    """The classifier artifact directory inside a downloaded MLflow model (read from MLmodel)."""
+    mlmodel = Path(mlflow_model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        raise FileNotFoundError(f"{mlmodel} is missing: not an MLflow model directory")
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    entry = (flavor.get("artifacts") or {}).get(MLFLOW_ARTIFACT_KEY)
+    if not entry or "path" not in entry:
+        raise FileNotFoundError(f"{mlmodel} has no '{MLFLOW_ARTIFACT_KEY}' artifact: not a model of this project")
+    return Path(mlflow_model_dir) / entry["path"]

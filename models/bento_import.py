@@ -1,0 +1,218 @@
+"""Import a registered MLflow model into the BentoML model store, with its lineage.
+
+Accepts ``models:/Name@alias``, ``models:/Name/<version>`` and ``runs:/<run_id>/<path>``. The Bento
+model carries the MLflow model (pyfunc, so it still works with MLflow's tools) and labels that
+trace it back: tracking URI, run id, registered name and version. Importing the same MLflow
+version twice returns the existing Bento model instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import bentoml
+
+from .artifact import ArtifactError, ModelSpec, classifier_artifact_dir, read_spec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BENTO_MODEL_NAME = "image-classifier"
+MLFLOW_MODEL_DIR = "mlflow_model"
+
+_REGISTERED_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_REGISTERED_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+_RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-fA-F]+)/(?P<path>.+)$")
+
+# Run metrics worth copying into the Bento model's metadata, when the run has them.
+HEADLINE_METRICS = ("best_val_accuracy", "best_val_top5", "best_val_macro_f1", "best_val_map",
+                    "best_val_micro_f1", "best_score", "best_epoch")
+
+
+class ModelImportError(RuntimeError):
+    """The MLflow model could not be found, reached or imported; the message says which."""
+
+
+@dataclass(frozen=True)
+class MlflowSource:
+    """A resolved MLflow model: the immutable URI to download and its lineage."""
+
+    requested_uri: str
+    download_uri: str
+    run_id: str
+    registered_name: str = ""
+    version: str = ""
+
+    def bento_labels(self, tracking_uri: str) -> dict[str, str]:
+        return {
+            "mlflow_tracking_uri": _redact(tracking_uri),
+            "mlflow_run_id": self.run_id,
+            "mlflow_registered_name": self.registered_name,
+            "mlflow_version": self.version,
+            "mlflow_model_uri": self.download_uri,
+        }
+
+
+def _redact(uri: str) -> str:
+    """Drop credentials from a URI before it is stored as a label."""
+    parsed = urlparse(uri)
+    if parsed.password or parsed.username:
+        return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    return uri
+
+
+def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with a clear message instead of MLflow's long retry loop."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
+        except requests.RequestException as exc:
+            raise ModelImportError(
+                f"cannot reach the MLflow tracking server at {_redact(tracking_uri)}: {exc}"
+            ) from None
+    elif parsed.scheme == "sqlite":
+        db_path = tracking_uri.removeprefix("sqlite:///")
+        if db_path and db_path != ":memory:" and not Path(db_path).exists():
+            raise ModelImportError(
+                f"MLflow database {db_path} does not exist (tracking URI {tracking_uri}); "
+                "train a model first or point --tracking-uri at your registry"
+            )
+
+
+def resolve_source(model_uri: str, client) -> MlflowSource:
+    """Turn an alias / version / run URI into a pinned URI plus lineage."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if match := _REGISTERED_ALIAS.match(model_uri):
+            name, alias = match["name"], match["alias"]
+            mv = _registered(client, name, lambda: client.get_model_version_by_alias(name, alias),
+                             f"alias {alias!r}")
+        elif match := _REGISTERED_VERSION.match(model_uri):
+            name, version = match["name"], match["version"]
+            mv = _registered(client, name, lambda: client.get_model_version(name, version),
+                             f"version {version}")
+        elif match := _RUN.match(model_uri):
+            run = client.get_run(match["run_id"])
+            return MlflowSource(model_uri, model_uri, run.info.run_id)
+        else:
+            raise ModelImportError(
+                f"unsupported model URI {model_uri!r}: use models:/Name@alias, "
+                "models:/Name/<version> or runs:/<run_id>/<path>"
+            )
+    except MlflowException as exc:
+        raise ModelImportError(f"cannot resolve {model_uri}: {exc.message}") from None
+    return MlflowSource(
+        requested_uri=model_uri,
+        download_uri=f"models:/{mv.name}/{mv.version}",
+        run_id=mv.run_id or "",
+        registered_name=mv.name,
+        version=str(mv.version),
+    )
+
+
+def _registered(client, name: str, fetch, what: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models(max_results=50)]
+        raise ModelImportError(
+            f"no registered model named {name!r} in the MLflow registry; known: {known}"
+        ) from None
+    try:
+        return fetch()
+    except MlflowException:
+        model = client.get_registered_model(name)
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        raise ModelImportError(
+            f"registered model {name!r} has no {what}; versions: {versions}, "
+            f"aliases: {sorted(model.aliases or {})}"
+        ) from None
+
+
+def find_existing(bento_name: str, source: MlflowSource) -> bentoml.Model | None:
+    """The Bento model already imported from exactly this MLflow model, if any."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        candidates = bentoml.models.list(bento_name)
+    except NotFound:
+        return None
+    for model in candidates:
+        labels = model.info.labels
+        if (labels.get("mlflow_run_id") == source.run_id
+                and labels.get("mlflow_model_uri") == source.download_uri):
+            return model
+    return None
+
+
+def artifact_dir(bento_model: bentoml.Model) -> Path:
+    """Where the classifier artifact (weights + spec) lives inside an imported Bento model."""
+    return classifier_artifact_dir(bento_model.path_of(MLFLOW_MODEL_DIR))
+
+
+def _metadata(spec: ModelSpec, source: MlflowSource, client) -> dict:
+    metrics: dict[str, float] = {}
+    if source.run_id:
+        run_metrics = client.get_run(source.run_id).data.metrics
+        metrics = {k: float(v) for k, v in run_metrics.items() if k in HEADLINE_METRICS}
+    return {
+        "task": spec.task.value,
+        "architecture": spec.architecture,
+        "labels": list(spec.labels),
+        "num_classes": spec.num_classes,
+        "metrics": metrics,
+        "mlflow_requested_uri": source.requested_uri,
+    }
+
+
+def import_from_mlflow(
+    model_uri: str,
+    *,
+    tracking_uri: str | None = None,
+    bento_name: str = DEFAULT_BENTO_MODEL_NAME,
+) -> tuple[bentoml.Model, bool]:
+    """Import ``model_uri`` into the BentoML store; returns ``(model, created)``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    check_tracking_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    source = resolve_source(model_uri, client)
+
+    existing = find_existing(bento_name, source)
+    if existing is not None:
+        logger.info("%s is already imported as %s", source.download_uri, existing.tag)
+        return existing, False
+
+    # Download and validate first: a model that cannot be served never enters the store.
+    with tempfile.TemporaryDirectory(prefix="mlflow-import-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source.download_uri, dst_path=tmp)
+        except Exception as exc:  # MLflow raises several unrelated types for a failed download
+            raise ModelImportError(f"cannot download {source.download_uri}: {exc}") from exc
+        try:
+            spec = read_spec(classifier_artifact_dir(local))
+        except (ArtifactError, FileNotFoundError) as exc:
+            raise ModelImportError(
+                f"{source.download_uri} is not a classifier model from this project: {exc}"
+            ) from exc
+        bento_model = bentoml.mlflow.import_model(
+            bento_name,
+            local,
+            labels=source.bento_labels(tracking_uri),
+            metadata=_metadata(spec, source, client),
+        )
+    logger.info("Imported %s as %s", source.download_uri, bento_model.tag)
+    return bento_model, True

@@ -1,0 +1,1 @@
+"""The training pipeline: data, loop, metrics, MLflow tracking and registration."""

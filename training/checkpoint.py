@@ -1,0 +1,83 @@
+"""Crash-safe checkpoints: the resumable training state and the best model artifact."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.artifact import ModelSpec, save_artifact
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_ARTIFACT = "best"
+
+
+@dataclass
+class TrainingState:
+    """Everything beyond the weights that a resumed run needs to carry on exactly."""
+
+    epoch: int = 0  # last completed epoch (0: none yet)
+    best_score: float = float("-inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+def save_checkpoint(path: Path, state: TrainingState, model, optimizer, scheduler, scaler) -> None:
+    """Write to a temporary file and rename, so a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "state": state.__dict__,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+    }, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> TrainingState:
+    # weights_only: a checkpoint is data, never code.
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    return TrainingState(**payload["state"])
+
+
+def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
+    """``auto``: ``output_dir/last.pt`` if present; a path: that file, which must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        candidate = output_dir / LAST_CHECKPOINT
+        return candidate if candidate.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+    return path
+
+
+def save_best_artifact(output_dir: Path, model, spec: ModelSpec) -> Path:
+    """Replace ``output_dir/best`` atomically enough that a crash leaves the old or the new one."""
+    final = output_dir / BEST_ARTIFACT
+    staging = output_dir / f"{BEST_ARTIFACT}.tmp"
+    previous = output_dir / f"{BEST_ARTIFACT}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_artifact(staging, model, spec)
+    if final.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(final, previous)
+    os.replace(staging, final)
+    shutil.rmtree(previous, ignore_errors=True)
+    return final

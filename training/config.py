@@ -1,0 +1,165 @@
+"""Training configuration: one pydantic model, YAML defaults, dotted-flag overrides.
+
+Every field's ``description`` doubles as its ``--help`` text, so each setting has one home.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.labels import Task
+
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    format: Literal["folder", "csv"] = Field(
+        "folder", description="folder: root/<label>/*.jpg (single-label); csv: a manifest")
+    root: Path = Field(Path("data/demo/single_label"),
+                       description="image folder root; base directory for relative CSV paths")
+    manifest: Path | None = Field(None, description="CSV manifest with columns path,labels")
+    label_separator: str = Field(";", description="separator between labels in the CSV labels column")
+    labels: list[str] | None = Field(
+        None, description="fixed label list in head order; labels outside it are data errors "
+        "(default: every label found, sorted)")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="bad samples (missing, unreadable, unknown label): fail the run, or "
+        "skip them and report the count")
+    verify_images: bool = Field(True, description="decode every image once before training")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0,
+                                description="held-out fraction for validation (ignored with k-fold)")
+    num_folds: int = Field(0, ge=0, description="k for k-fold cross-validation splits; 0 = off")
+    fold: int = Field(0, ge=0, description="which fold is the validation set when num_folds > 0")
+    image_size: int | None = Field(
+        None, ge=16, description="square input size; default: the architecture's timm data config")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.format == "csv" and self.manifest is None:
+            raise ValueError("data.format is csv but data.manifest is not set")
+        if self.num_folds == 1:
+            raise ValueError("data.num_folds must be 0 (off) or at least 2")
+        if self.num_folds and self.fold >= self.num_folds:
+            raise ValueError(f"data.fold must be < data.num_folds ({self.num_folds})")
+        return self
+
+
+class ModelSection(_Section):
+    architecture: str = Field("resnet18", description="any timm architecture name")
+    pretrained: str | None = Field(
+        None, description="'hub' for the architecture's hub weights, a local weights file, or "
+        "null for random init")
+    task: Task | None = Field(
+        None, description="single_label or multi_label (default: single for folder, multi for csv)")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="multi-label decision threshold")
+    top_k: int = Field(5, ge=1, description="labels returned per image for single-label models")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(10, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(32, ge=1, description="training batch size")
+    lr: float = Field(1e-3, gt=0.0, description="peak AdamW learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay (not on norms/biases)")
+    warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length, in epochs")
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="single-label only")
+    patience: int = Field(5, ge=1, description="early stopping: epochs without improvement")
+    min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest improvement")
+
+
+class AugmentConfig(_Section):
+    scale_min: float = Field(0.5, gt=0.0, le=1.0, description="random-resized-crop minimum area")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
+    color_jitter: float = Field(0.2, ge=0.0, description="colour jitter strength")
+
+
+class MlflowSection(_Section):
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking and registry URI")
+    experiment: str = Field("image-classifier", description="MLflow experiment name")
+    artifact_location: str | None = Field(
+        None, description="artifact root for a newly created experiment (default: MLflow's, "
+        "./mlruns for a sqlite tracking URI)")
+    run_name: str | None = Field(None, description="MLflow run name (default: generated)")
+    registered_model: str | None = Field(
+        "image-classifier", description="register the best model under this name (null: don't)")
+    alias: str = Field("champion", description="alias given to the newly registered version")
+
+
+class TrainConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    seed: int = Field(42, description="seed for splits, initialisation and data order")
+    deterministic: bool = Field(True, description="deterministic algorithms (slower on GPU)")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="training device")
+    amp: bool = Field(True, description="mixed precision on CUDA (no effect on CPU)")
+    output_dir: Path = Field(Path("outputs/train"), description="checkpoints and the best artifact")
+    resume: str | None = Field(
+        None, description="'auto' to continue from output_dir/last.pt, or a checkpoint path")
+
+    @property
+    def task(self) -> Task:
+        if self.model.task is not None:
+            return self.model.task
+        return Task.SINGLE_LABEL if self.data.format == "folder" else Task.MULTI_LABEL
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def leaf_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Dotted name -> pydantic FieldInfo for every leaf setting."""
+    leaves: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            leaves.update(leaf_fields(annotation, f"{prefix}{name}."))
+        else:
+            leaves[f"{prefix}{name}"] = info
+    return leaves
+
+
+def apply_override(values: dict[str, Any], dotted: str, raw: str) -> None:
+    """Set ``values[a][b] = yaml(raw)`` for ``dotted == "a.b"`` (YAML parses numbers, null, lists)."""
+    if dotted not in leaf_fields():
+        raise ValueError(f"unknown setting {dotted!r}")
+    *parents, leaf = dotted.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(raw) if raw != "" else None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, str] | None = None) -> TrainConfig:
+    """Read YAML (default: the packaged default config) and apply dotted overrides."""
+    path = path or DEFAULT_CONFIG
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must contain a YAML mapping")
+    for dotted, raw in (overrides or {}).items():
+        apply_override(values, dotted, raw)
+    return TrainConfig.model_validate(values)

@@ -1,0 +1,206 @@
+"""Datasets: an image folder (single-label) or a CSV manifest (multi-label), validated up front.
+
+Every bad sample (missing file, unreadable image, unknown or empty label) becomes a
+:class:`DataIssue` naming the file and manifest row; the run either fails listing them or skips
+them and reports the count. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from models.labels import LabelSet, Task
+from models.preprocessing import ImageDecodeError, load_image
+
+from .config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as configured; the message lists the problems."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    labels: tuple[str, ...]
+    origin: str  # where it came from, for error messages: a path or "manifest.csv:row 12"
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    origin: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.reason}"
+
+
+@dataclass
+class LoadedData:
+    samples: list[Sample]
+    labels: LabelSet
+    issues: list[DataIssue]
+
+
+def scan_image_folder(root: Path) -> tuple[list[Sample], list[DataIssue]]:
+    """``root/<label>/<image>`` -> samples; non-image files are reported, not ignored."""
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    samples, issues = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                samples.append(Sample(path, (class_dir.name,), str(path)))
+            else:
+                issues.append(DataIssue(str(path), f"not an image file (suffix {path.suffix!r})"))
+    if not samples:
+        raise DataError(f"no images found under {root}/<label>/")
+    return samples, issues
+
+
+def read_manifest(manifest: Path, root: Path, separator: str) -> tuple[list[Sample], list[DataIssue]]:
+    """``path,labels`` rows; relative paths are resolved against ``root``."""
+    if not manifest.is_file():
+        raise DataError(f"manifest {manifest} does not exist")
+    samples, issues = [], []
+    with open(manifest, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing_columns = {"path", "labels"} - set(reader.fieldnames or [])
+        if missing_columns:
+            raise DataError(f"{manifest} lacks column(s) {sorted(missing_columns)}; "
+                            f"found {reader.fieldnames}")
+        for row_number, row in enumerate(reader, start=2):  # row 1 is the header
+            origin = f"{manifest}:row {row_number}"
+            raw_path = (row.get("path") or "").strip()
+            labels = tuple(sorted({x.strip() for x in (row.get("labels") or "").split(separator)
+                                   if x.strip()}))
+            if not raw_path:
+                issues.append(DataIssue(origin, "empty path"))
+                continue
+            if not labels:
+                issues.append(DataIssue(origin, f"no labels for {raw_path}"))
+                continue
+            path = Path(raw_path) if Path(raw_path).is_absolute() else root / raw_path
+            samples.append(Sample(path, labels, f"{origin} ({path})"))
+    if not samples and not issues:
+        raise DataError(f"{manifest} has no rows")
+    return samples, issues
+
+
+def _check_sample(sample: Sample, verify: bool) -> DataIssue | None:
+    if not sample.path.is_file():
+        return DataIssue(sample.origin, "file not found")
+    if verify:
+        try:
+            load_image(sample.path)
+        except ImageDecodeError as exc:
+            return DataIssue(sample.origin, str(exc))
+    return None
+
+
+def validate_samples(
+    samples: Sequence[Sample], labels: LabelSet | None, verify: bool
+) -> tuple[list[Sample], list[DataIssue]]:
+    """Drop samples with missing/unreadable files or labels outside ``labels``; list why."""
+    known = set(labels.names) if labels else None
+    good, issues = [], []
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decoding releases the GIL
+        checks = pool.map(lambda s: _check_sample(s, verify), samples)
+        for sample, issue in tqdm(zip(samples, checks), total=len(samples),
+                                  desc="checking images", unit="img", leave=False, disable=None):
+            if issue is None and known is not None:
+                unknown = sorted(set(sample.labels) - known)
+                if unknown:
+                    issue = DataIssue(sample.origin, f"unknown label(s) {unknown}")
+            if issue is None:
+                good.append(sample)
+            else:
+                issues.append(issue)
+    return good, issues
+
+
+def load_dataset(config: DataConfig) -> LoadedData:
+    """Scan, validate and apply the ``on_error`` policy."""
+    if config.format == "folder":
+        samples, issues = scan_image_folder(config.root)
+    else:
+        samples, issues = read_manifest(config.manifest, config.root, config.label_separator)
+    fixed = LabelSet.from_names(config.labels) if config.labels else None
+    samples, more = validate_samples(samples, fixed, config.verify_images)
+    issues += more
+    if issues:
+        shown = "\n  ".join(str(i) for i in issues[:20])
+        extra = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+        if config.on_error == "fail":
+            raise DataError(f"{len(issues)} bad sample(s) (set data.on_error=skip to skip them):"
+                            f"\n  {shown}{extra}")
+        logger.warning("Skipping %d bad sample(s):\n  %s%s", len(issues), shown, extra)
+    if not samples:
+        raise DataError("no usable samples left after validation")
+    labels = fixed or LabelSet.from_names(sorted({n for s in samples for n in s.labels}))
+    return LoadedData(samples, labels, issues)
+
+
+def split_samples(
+    samples: Sequence[Sample], config: DataConfig, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Train/validation split: stratified by first label, or fold ``fold`` of ``num_folds``."""
+    rng = random.Random(seed)
+    if config.num_folds:
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        val_idx = {i for pos, i in enumerate(order) if pos % config.num_folds == config.fold}
+        train = [s for i, s in enumerate(samples) if i not in val_idx]
+        val = [s for i, s in enumerate(samples) if i in val_idx]
+    else:
+        by_label: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_label.setdefault(sample.labels[0], []).append(sample)
+        train, val = [], []
+        for group in by_label.values():
+            group = group[:]
+            rng.shuffle(group)
+            n_val = max(1, round(len(group) * config.val_fraction)) if len(group) > 1 else 0
+            val += group[:n_val]
+            train += group[n_val:]
+    if not train or not val:
+        raise DataError(f"split left {len(train)} training and {len(val)} validation samples; "
+                        "add data or change data.val_fraction / data.num_folds")
+    return train, val
+
+
+class ImageDataset(Dataset):
+    """Decodes with the shared :func:`load_image`, then applies ``transform``."""
+
+    def __init__(self, samples: Sequence[Sample], labels: LabelSet, task: Task,
+                 transform: Callable) -> None:
+        self.samples = list(samples)
+        self.labels = labels
+        self.task = task
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def target(self, sample: Sample) -> torch.Tensor | int:
+        if self.task is Task.SINGLE_LABEL:
+            return self.labels.index(sample.labels[0])
+        return self.labels.encode_multi_hot(sample.labels)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        return self.transform(load_image(sample.path)), self.target(sample)

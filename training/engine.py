@@ -1,0 +1,114 @@
+"""The training loop's parts: optimiser, schedule, one epoch, evaluation, precision."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.labels import Task
+
+from .config import OptimConfig
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool) -> Precision:
+        if device.type != "cuda":
+            return cls(device, None, channels_last=False)
+        dtype = None
+        if amp:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, dtype, channels_last=True)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.to(self.device, non_blocking=True, memory_format=fmt)
+
+
+def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and normalisation parameters."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def create_loss(task: Task, label_smoothing: float) -> torch.nn.Module:
+    if task is Task.SINGLE_LABEL:
+        return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return torch.nn.BCEWithLogitsLoss()
+
+
+def train_one_epoch(model, loader: DataLoader, loss_fn, optimizer, scheduler, scaler,
+                    precision: Precision, epoch: int) -> float:
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
+    for images, targets in bar:
+        images = precision.to_device(images)
+        targets = targets.to(precision.device, non_blocking=True)
+        with precision.autocast():
+            loss = loss_fn(model(images), targets)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; "
+                                     "lower optim.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total += loss.item() * images.shape[0]
+        count += images.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / max(1, count)
+
+
+@torch.inference_mode()
+def evaluate(model, loader: DataLoader, loss_fn, precision: Precision,
+             desc: str = "validate") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits and targets (on CPU) for the whole loader, and the mean loss."""
+    model.eval()
+    all_logits, all_targets, total = [], [], 0.0
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        images = precision.to_device(images)
+        with precision.autocast():
+            logits = model(images)
+        logits = logits.float()
+        total += loss_fn(logits, targets.to(logits.device)).item() * images.shape[0]
+        all_logits.append(logits.cpu())
+        all_targets.append(targets)
+    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    return logits, targets, total / max(1, len(targets))

@@ -6,18 +6,13 @@ So ``mlflow.pyfunc.load_model`` / ``mlflow models serve`` work, and our own load
 artifact directory directly.
 """
 
-from __future__ import annotations
-
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow.pyfunc
+import pandas as pd
 
 from .artifact import MLFLOW_ARTIFACT_KEY as ARTIFACT_KEY
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +30,6 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_artifact(context.artifacts[ARTIFACT_KEY])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import pandas as pd
-
         from .preprocessing import load_image
 
         images = [load_image(bytes(value)) for value in model_input[IMAGE_COLUMN]]

@@ -41,10 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset")
     demo.add_argument("--out", type=Path, default=Path("data/demo"),
                       help="output directory (default: data/demo)")
-    demo.add_argument("--per-class", type=int, default=80,
-                      help="single-label images per class (default: 80)")
-    demo.add_argument("--multi-label-images", type=int, default=400,
-                      help="multi-label images (default: 400)")
+    demo.add_argument("--per-class", type=int, default=100,
+                      help="single-label images per class (default: 100)")
+    demo.add_argument("--multi-label-images", type=int, default=800,
+                      help="multi-label images (default: 800)")
     demo.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return parser

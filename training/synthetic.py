@@ -27,8 +27,8 @@ _MANIFEST = "manifest.csv"
 @dataclass(frozen=True)
 class SyntheticSpec:
     image_size: int = 64
-    single_label_per_class: int = 80
-    multi_label_images: int = 400
+    single_label_per_class: int = 100
+    multi_label_images: int = 800
     max_shapes: int = 3
     seed: int = 0
 

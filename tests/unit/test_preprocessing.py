@@ -1,0 +1,80 @@
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from models import PreprocessConfig, create_eval_transform, load_image
+from models.preprocessing import ImageDecodeError
+from models.serving import decode_upload
+from training.data import ImageDataset, Sample
+from models.labels import LabelSet, Task
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+def test_any_mode_becomes_rgb(mode):
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    image = load_image(_encode(Image.new(mode, (9, 7)), fmt))
+    assert image.mode == "RGB"
+    assert image.size == (9, 7)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), "red")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    decoded = load_image(_encode(image, "JPEG", exif=exif.tobytes()))
+    assert decoded.size == (20, 40)
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"", "empty upload"),
+    (b"definitely not an image", "not a recognised image format"),
+])
+def test_undecodable_input_is_rejected_with_a_reason(payload, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        load_image(payload)
+
+
+def test_truncated_jpeg_is_rejected():
+    data = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        load_image(data[: len(data) // 2])
+
+
+def test_pixel_limit():
+    with pytest.raises(ImageDecodeError, match="over the limit of 100"):
+        load_image(_encode(Image.new("RGB", (11, 10)), "PNG"), max_pixels=100)
+
+
+def test_config_resolved_from_timm_with_size_override():
+    from models import create_classifier
+
+    model = create_classifier("resnet18", 3)
+    config = PreprocessConfig.for_model(model, image_size=64)
+    assert config.input_size == (3, 64, 64)
+    assert config.interpolation == "bicubic"
+    assert config.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_training_evaluation_and_serving_produce_identical_tensors(tmp_path):
+    """The validation dataset path and the service's upload path give the same tensor."""
+    config = PreprocessConfig(input_size=(3, 48, 48), crop_pct=0.9)
+    transform = create_eval_transform(config)
+    image = Image.effect_noise((83, 61), 60).convert("RGB")
+    path = tmp_path / "x.jpg"
+    image.save(path, quality=90)
+
+    dataset = ImageDataset([Sample(path, ("a",), str(path))], LabelSet.from_names(["a"]),
+                           Task.SINGLE_LABEL, transform)
+    from_training, _ = dataset[0]
+    from_service = transform(decode_upload(path.read_bytes()))
+
+    assert from_training.shape == (3, 48, 48)
+    assert torch.equal(from_training, from_service)

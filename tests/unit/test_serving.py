@@ -1,0 +1,102 @@
+import io
+import math
+from types import SimpleNamespace
+
+import bentoml
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
+from models.preprocessing import ImageDecodeError
+from models.serving import SERVICE_NAME, ServingSettings, decode_upload, load_service_config
+
+from ..conftest import PROJECT_ROOT
+
+
+def _fixed_output_artifact(tmp_path, task: Task, **spec_overrides):
+    """A resnet18 whose logits are always [0, 1, 2], whatever the image."""
+    model = create_classifier("resnet18", 3)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    spec = ModelSpec(architecture="resnet18", task=task, labels=("a", "b", "c"),
+                     preprocessing=PreprocessConfig(input_size=(3, 32, 32)), **spec_overrides)
+    return save_artifact(tmp_path, model, spec)
+
+
+def _softmax(values):
+    exps = [math.exp(v) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_single_label_predictor_returns_known_top_k(tmp_path):
+    predictor = Predictor.from_artifact(_fixed_output_artifact(tmp_path, Task.SINGLE_LABEL, top_k=2))
+    assert predictor.plan.device.type == "cpu"  # CUDA path falls back on this machine
+    images = [Image.new("RGB", (50, 40), "blue"), Image.new("RGB", (20, 90), "white")]
+    for prediction in predictor.predict(images):
+        assert [p.label for p in prediction] == ["c", "b"]
+        expected = _softmax([0, 1, 2])
+        assert [p.score for p in prediction] == pytest.approx([expected[2], expected[1]], abs=1e-5)
+    assert len(predictor.predict(images, top_k=3)[0]) == 3
+
+
+def test_multi_label_predictor_applies_thresholds(tmp_path):
+    artifact = _fixed_output_artifact(tmp_path, Task.MULTI_LABEL, threshold=0.7,
+                                      class_thresholds={"c": 0.9})
+    predictor = Predictor.from_artifact(artifact)
+    [prediction] = predictor.predict([Image.new("RGB", (32, 32))])
+    # sigmoid: a 0.5, b 0.731, c 0.881 (< its own 0.9 threshold)
+    assert [p.label for p in prediction] == ["b"]
+    [relaxed] = predictor.predict([Image.new("RGB", (32, 32))], threshold=0.5)
+    assert [p.label for p in relaxed] == ["c", "b", "a"]
+
+
+def test_warmup_and_empty_batch(tmp_path):
+    predictor = Predictor.from_artifact(_fixed_output_artifact(tmp_path, Task.SINGLE_LABEL))
+    assert predictor.warmup((1, 3)) >= 0
+    assert predictor.predict([]) == []
+
+
+def test_device_must_be_known():
+    from models import choose_device
+
+    with pytest.raises(ValueError, match="auto, cuda or cpu"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            choose_device("cuda")
+
+
+def test_settings_from_environment():
+    settings = ServingSettings.from_env({"CLASSIFIER_MODEL_TAG": "x:1",
+                                         "CLASSIFIER_MAX_BATCH_SIZE": "8", "OTHER": "ignored"})
+    assert settings.model_tag == "x:1" and settings.max_batch_size == 8
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        ServingSettings.from_env({"CLASSIFIER_MAX_BATCH_SIZE": "1"})
+
+
+def test_configuration_yaml_is_accepted_by_bentoml():
+    config = load_service_config(PROJECT_ROOT / "configuration.yaml")
+    assert config["metrics"]["namespace"] == SERVICE_NAME
+
+    @bentoml.service(name="config_probe", **config)
+    class Probe:
+        @bentoml.api
+        def ping(self) -> str:
+            return "pong"
+
+    assert Probe.config["traffic"]["timeout"] == config["traffic"]["timeout"]
+
+
+def test_decode_upload_accepts_uploads_and_names_the_bad_file():
+    buffer = io.BytesIO()
+    Image.new("L", (5, 5)).save(buffer, format="PNG")
+    upload = SimpleNamespace(file=io.BytesIO(buffer.getvalue()), filename="ok.png")
+    assert decode_upload(upload).mode == "RGB"
+    bad = SimpleNamespace(file=io.BytesIO(b"garbage"), filename="cat.jpg")
+    with pytest.raises(ImageDecodeError, match="cat.jpg: not a recognised image format"):
+        decode_upload(bad)
+    with pytest.raises(ImageDecodeError, match="expected an image file upload"):
+        decode_upload(12)

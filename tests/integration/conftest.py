@@ -1,0 +1,96 @@
+"""Real components: the sqlite MLflow registry, the BentoML store and `bentoml serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..conftest import PROJECT_ROOT
+
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | None = None):
+    """Start `bentoml serve` on a free loopback port; yield its URL once /readyz says ready."""
+    port = free_port()
+    env = {**os.environ, "CLASSIFIER_MODEL_TAG": model_tag, **(extra_env or {})}
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(bentoml_cli), "serve", "service:ImageClassifier", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n"
+                            f"{log_path.read_text()[-4000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def single_label_bento(single_label_run):
+    from models.bento_import import import_from_mlflow
+
+    model, _ = import_from_mlflow("models:/shapes-single@champion", bento_name="shapes-single")
+    return model
+
+
+@pytest.fixture(scope="session")
+def multi_label_bento(multi_label_run):
+    from models.bento_import import import_from_mlflow
+
+    model, _ = import_from_mlflow("models:/shapes-multi@champion", bento_name="shapes-multi")
+    return model
+
+
+@pytest.fixture(scope="session")
+def png_images(session_dir, holdout_data) -> list[Path]:
+    """Held-out images re-saved as PNG: the SDK client re-encodes PIL images in their own format,
+    and PNG is lossless, so server and in-process see identical pixels."""
+    from PIL import Image
+
+    from training.synthetic import SHAPES
+
+    out = session_dir / "png"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for shape in SHAPES:
+        for src in sorted((holdout_data["single_label"] / shape).glob("*.jpg"))[:8]:
+            dst = out / f"{shape}-{src.stem}.png"
+            Image.open(src).save(dst)
+            paths.append(dst)
+    return paths

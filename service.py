@@ -28,8 +28,9 @@ logger = logging.getLogger("bentoml.image_classifier")
 SETTINGS = ServingSettings.from_env()
 
 
-@bentoml.service(name=SERVICE_NAME,
-                 **load_service_config(Path(__file__).with_name("configuration.yaml")))
+@bentoml.service(
+    name=SERVICE_NAME, **load_service_config(Path(__file__).with_name("configuration.yaml"))
+)
 class ImageClassifier:
     bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
@@ -39,7 +40,8 @@ class ImageClassifier:
             raise RuntimeError(
                 f"model {SETTINGS.model_tag} is not in the BentoML store; import one with "
                 "`python -m models import models:/image-classifier@champion` or set "
-                "CLASSIFIER_MODEL_TAG")
+                "CLASSIFIER_MODEL_TAG"
+            )
         labels = stored.info.labels
         self.model_ref = ModelRef(
             tag=str(stored.tag),
@@ -50,27 +52,42 @@ class ImageClassifier:
         self.metrics = dict(stored.info.metadata.get("metrics", {}))
         self.predictor = Predictor.from_artifact(artifact_dir(stored), device=SETTINGS.device)
         self.predictor.warmup(batch_sizes=(1, min(8, SETTINGS.max_batch_size)))
-        logger.info("Serving %s (MLflow %s v%s) on %s", self.model_ref.tag,
-                    self.model_ref.mlflow_registered_name or "-",
-                    self.model_ref.mlflow_version or "-", self.predictor.plan.describe())
+        logger.info(
+            "Serving %s (MLflow %s v%s) on %s",
+            self.model_ref.tag,
+            self.model_ref.mlflow_registered_name or "-",
+            self.model_ref.mlflow_version or "-",
+            self.predictor.plan.describe(),
+        )
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms)
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
     def classify(self, images: list[UploadedImage]) -> list[Classification]:
         """Classify one or more images (multipart field `images`): labels with scores per image."""
         scores = self.predictor.scores(self.predictor.preprocess(images))
-        return [Classification(labels=labels, model=self.model_ref)
-                for labels in self.predictor.decode(scores)]
+        return [
+            Classification(labels=labels, model=self.model_ref)
+            for labels in self.predictor.decode(scores)
+        ]
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:
         """The served model: tag, MLflow lineage, labels, task, preprocessing and device."""
         spec = self.predictor.spec
         return ModelMetadata(
-            model=self.model_ref, architecture=spec.architecture, task=spec.task.value,
-            labels=list(spec.labels), top_k=spec.top_k, threshold=spec.threshold,
+            model=self.model_ref,
+            architecture=spec.architecture,
+            task=spec.task.value,
+            labels=list(spec.labels),
+            top_k=spec.top_k,
+            threshold=spec.threshold,
             class_thresholds=spec.class_thresholds,
             preprocessing=spec.preprocessing.model_dump(mode="json"),
-            device=self.predictor.plan.describe(), metrics=self.metrics,
-            max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms,
+            device=self.predictor.plan.describe(),
+            metrics=self.metrics,
+            max_batch_size=SETTINGS.max_batch_size,
+            max_latency_ms=SETTINGS.max_latency_ms,
         )

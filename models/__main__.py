@@ -11,36 +11,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="import an MLflow model into the BentoML model store")
-    imp.add_argument("model_uri", help="models:/Name@alias, models:/Name/<version> or runs:/<run_id>/<path>")
-    imp.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
-    imp.add_argument("--name", default=None,
-                     help="name in the BentoML store (default: image-classifier)")
-    res = sub.add_parser("resolve", help="print the registered version a model URI points to; "
-                         "exit 3 if there is none")
+    imp.add_argument(
+        "model_uri", help="models:/Name@alias, models:/Name/<version> or runs:/<run_id>/<path>"
+    )
+    imp.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)",
+    )
+    imp.add_argument(
+        "--name", default=None, help="name in the BentoML store (default: image-classifier)"
+    )
+    res = sub.add_parser(
+        "resolve",
+        help="print the registered version a model URI points to; exit 3 if there is none",
+    )
     res.add_argument("model_uri", help="models:/Name@alias or models:/Name/<version>")
-    res.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)")
+    res.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from .bento_import import DEFAULT_BENTO_MODEL_NAME, ModelImportError, import_from_mlflow
 
     if args.command == "resolve":
         return _resolve(args.model_uri, args.tracking_uri)
     try:
         model, created = import_from_mlflow(
-            args.model_uri, tracking_uri=args.tracking_uri,
+            args.model_uri,
+            tracking_uri=args.tracking_uri,
             bento_name=args.name or DEFAULT_BENTO_MODEL_NAME,
         )
     except ModelImportError as exc:
         logging.getLogger("models").error("%s", exc)
         return 2
     sys.stdout.write(f"{model.tag}\n")
-    logging.getLogger("models").info("%s %s", "imported" if created else "already imported as", model.tag)
+    logging.getLogger("models").info(
+        "%s %s", "imported" if created else "already imported as", model.tag
+    )
     return 0
 
 

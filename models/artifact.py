@@ -119,8 +119,12 @@ def classifier_artifact_dir(mlflow_model_dir: str | Path) -> Path:
     mlmodel = Path(mlflow_model_dir) / "MLmodel"
     if not mlmodel.is_file():
         raise FileNotFoundError(f"{mlmodel} is missing: not an MLflow model directory")
-    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    flavor = (
+        (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    )
     entry = (flavor.get("artifacts") or {}).get(MLFLOW_ARTIFACT_KEY)
     if not entry or "path" not in entry:
-        raise FileNotFoundError(f"{mlmodel} has no '{MLFLOW_ARTIFACT_KEY}' artifact: not a model of this project")
+        raise FileNotFoundError(
+            f"{mlmodel} has no '{MLFLOW_ARTIFACT_KEY}' artifact: not a model of this project"
+        )
     return Path(mlflow_model_dir) / entry["path"]

@@ -29,8 +29,15 @@ _REGISTERED_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _RUN = re.compile(r"^runs:/(?P<run_id>[0-9a-fA-F]+)/(?P<path>.+)$")
 
 # Run metrics worth copying into the Bento model's metadata, when the run has them.
-HEADLINE_METRICS = ("best_val_accuracy", "best_val_top5", "best_val_macro_f1", "best_val_map",
-                    "best_val_micro_f1", "best_score", "best_epoch")
+HEADLINE_METRICS = (
+    "best_val_accuracy",
+    "best_val_top5",
+    "best_val_macro_f1",
+    "best_val_map",
+    "best_val_micro_f1",
+    "best_score",
+    "best_epoch",
+)
 
 
 class ModelImportError(RuntimeError):
@@ -61,7 +68,9 @@ def _redact(uri: str) -> str:
     """Drop credentials from a URI before it is stored as a label."""
     parsed = urlparse(uri)
     if parsed.password or parsed.username:
-        return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+        return parsed._replace(
+            netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+        ).geturl()
     return uri
 
 
@@ -93,12 +102,17 @@ def resolve_source(model_uri: str, client) -> MlflowSource:
     try:
         if match := _REGISTERED_ALIAS.match(model_uri):
             name, alias = match["name"], match["alias"]
-            mv = _registered(client, name, lambda: client.get_model_version_by_alias(name, alias),
-                             f"alias {alias!r}")
+            mv = _registered(
+                client,
+                name,
+                lambda: client.get_model_version_by_alias(name, alias),
+                f"alias {alias!r}",
+            )
         elif match := _REGISTERED_VERSION.match(model_uri):
             name, version = match["name"], match["version"]
-            mv = _registered(client, name, lambda: client.get_model_version(name, version),
-                             f"version {version}")
+            mv = _registered(
+                client, name, lambda: client.get_model_version(name, version), f"version {version}"
+            )
         elif match := _RUN.match(model_uri):
             run = client.get_run(match["run_id"])
             return MlflowSource(model_uri, model_uri, run.info.run_id)
@@ -149,8 +163,10 @@ def find_existing(bento_name: str, source: MlflowSource) -> bentoml.Model | None
         return None
     for model in candidates:
         labels = model.info.labels
-        if (labels.get("mlflow_run_id") == source.run_id
-                and labels.get("mlflow_model_uri") == source.download_uri):
+        if (
+            labels.get("mlflow_run_id") == source.run_id
+            and labels.get("mlflow_model_uri") == source.download_uri
+        ):
             return model
     return None
 
@@ -199,7 +215,9 @@ def import_from_mlflow(
     # Download and validate first: a model that cannot be served never enters the store.
     with tempfile.TemporaryDirectory(prefix="mlflow-import-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source.download_uri, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source.download_uri, dst_path=tmp
+            )
         except Exception as exc:  # MLflow raises several unrelated types for a failed download
             raise ModelImportError(f"cannot download {source.download_uri}: {exc}") from exc
         try:

@@ -94,15 +94,16 @@ def thresholds_tensor(
     return values
 
 
-def top_k_predictions(
-    scores: torch.Tensor, labels: LabelSet, k: int
-) -> list[list[LabelScore]]:
+def top_k_predictions(scores: torch.Tensor, labels: LabelSet, k: int) -> list[list[LabelScore]]:
     """The ``k`` best labels per row of ``scores``, best first."""
     k = max(1, min(k, len(labels)))
     values, indices = scores.topk(k, dim=-1)
     return [
-        [LabelScore(label=labels.names[i], score=round(v, 6)) for v, i in zip(row_v, row_i)]
-        for row_v, row_i in zip(values.tolist(), indices.tolist())
+        [
+            LabelScore(label=labels.names[i], score=round(v, 6))
+            for v, i in zip(row_v, row_i, strict=False)
+        ]
+        for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=False)
     ]
 
 
@@ -112,10 +113,10 @@ def thresholded_predictions(
     """Every label whose score reaches its threshold, per row, highest score first."""
     predictions: list[list[LabelScore]] = []
     hits = scores >= thresholds.to(scores.device)
-    for row_scores, row_hits in zip(scores.tolist(), hits.tolist()):
+    for row_scores, row_hits in zip(scores.tolist(), hits.tolist(), strict=False):
         chosen = [
             LabelScore(label=labels.names[i], score=round(s, 6))
-            for i, (s, hit) in enumerate(zip(row_scores, row_hits))
+            for i, (s, hit) in enumerate(zip(row_scores, row_hits, strict=False))
             if hit
         ]
         predictions.append(sorted(chosen, key=lambda ls: ls.score, reverse=True))

@@ -56,5 +56,7 @@ def pip_requirements() -> list[str]:
     """Pinned runtime requirements of the pyfunc, taken from the running environment."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in
-            ("torch", "torchvision", "timm", "safetensors", "pillow", "pydantic", "pandas")]
+    return [
+        f"{name}=={version(name)}"
+        for name in ("torch", "torchvision", "timm", "safetensors", "pillow", "pydantic", "pandas")
+    ]

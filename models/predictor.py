@@ -34,7 +34,9 @@ class DevicePlan:
     channels_last: bool
 
     def describe(self) -> str:
-        precision = str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
+        precision = (
+            str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
+        )
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return f"{self.device} ({name}), {precision}, channels_last={self.channels_last}"
 
@@ -74,8 +76,13 @@ class Predictor:
     def from_artifact(cls, directory: str | Path, device: str = "auto") -> Predictor:
         model, spec = load_artifact(directory)
         plan = choose_device(device)
-        logger.info("Loaded %s (%s, %d labels) on %s", spec.architecture, spec.task.value,
-                    spec.num_classes, plan.describe())
+        logger.info(
+            "Loaded %s (%s, %d labels) on %s",
+            spec.architecture,
+            spec.task.value,
+            spec.num_classes,
+            plan.describe(),
+        )
         return cls(model, spec, plan)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -104,7 +111,9 @@ class Predictor:
         if self.spec.task is Task.SINGLE_LABEL:
             return top_k_predictions(scores, self.labels, top_k or self.spec.top_k)
         thresholds = (
-            torch.full_like(self._thresholds, threshold) if threshold is not None else self._thresholds
+            torch.full_like(self._thresholds, threshold)
+            if threshold is not None
+            else self._thresholds
         )
         return thresholded_predictions(scores, self.labels, thresholds)
 

@@ -46,15 +46,20 @@ class ServingSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model_tag: str = Field("image-classifier:latest",
-                           description="BentoML store tag of the model to serve")
+    model_tag: str = Field(
+        "image-classifier:latest", description="BentoML store tag of the model to serve"
+    )
     device: str = Field("auto", description="auto, cuda or cpu")
     max_batch_size: int = Field(32, ge=2, description="adaptive batching: largest batch")
     max_latency_ms: int = Field(
-        10_000, ge=1, description="adaptive batching: requests predicted to wait longer are shed "
-        "with 503; generous so a 2-core CPU does not shed at modest concurrency")
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1,
-                                  description="reject images with more pixels than this")
+        10_000,
+        ge=1,
+        description="adaptive batching: requests predicted to wait longer are shed "
+        "with 503; generous so a 2-core CPU does not shed at modest concurrency",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="reject images with more pixels than this"
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
@@ -108,7 +113,8 @@ class Classification(BaseModel):
 
     labels: list[LabelScore] = Field(
         description="single-label: the top-k labels, best first; multi-label: every label whose "
-        "score reaches its threshold, best first (may be empty)")
+        "score reaches its threshold, best first (may be empty)"
+    )
     model: ModelRef
 
 
@@ -124,8 +130,8 @@ class ModelMetadata(BaseModel):
     class_thresholds: dict[str, float]
     preprocessing: dict
     device: str
-    metrics: dict[str, float] = Field(default_factory=dict,
-                                      description="headline metrics of the training run")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="headline metrics of the training run"
+    )
     max_batch_size: int
     max_latency_ms: int
-

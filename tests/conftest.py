@@ -53,12 +53,15 @@ def holdout_data(session_dir: Path) -> dict[str, Path]:
     """A separately seeded synthetic set never seen in training: the held-out test set."""
     from training.synthetic import SyntheticSpec, generate
 
-    return generate(session_dir / "holdout", SyntheticSpec(seed=1234, single_label_per_class=40,
-                                                            multi_label_images=200))
+    return generate(
+        session_dir / "holdout",
+        SyntheticSpec(seed=1234, single_label_per_class=40, multi_label_images=200),
+    )
 
 
-def _train(session_dir: Path, tracking_uri: str, name: str, config: Path | None,
-           overrides: dict[str, str]):
+def _train(
+    session_dir: Path, tracking_uri: str, name: str, config: Path | None, overrides: dict[str, str]
+):
     from training.config import load_config
     from training.train import train
 
@@ -75,14 +78,23 @@ def _train(session_dir: Path, tracking_uri: str, name: str, config: Path | None,
 @pytest.fixture(scope="session")
 def single_label_run(session_dir, tracking_uri, demo_data):
     """The default demo config trained on the synthetic single-label folder."""
-    return _train(session_dir, tracking_uri, "shapes-single", None,
-                  {"data.root": str(demo_data["single_label"])})
+    return _train(
+        session_dir,
+        tracking_uri,
+        "shapes-single",
+        None,
+        {"data.root": str(demo_data["single_label"])},
+    )
 
 
 @pytest.fixture(scope="session")
 def multi_label_run(session_dir, tracking_uri, demo_data):
     """The multi-label demo config trained on the synthetic CSV manifest."""
     manifest = demo_data["multi_label"]
-    return _train(session_dir, tracking_uri, "shapes-multi",
-                  PROJECT_ROOT / "training" / "configs" / "demo_multilabel.yaml",
-                  {"data.root": str(manifest.parent), "data.manifest": str(manifest)})
+    return _train(
+        session_dir,
+        tracking_uri,
+        "shapes-multi",
+        PROJECT_ROOT / "training" / "configs" / "demo_multilabel.yaml",
+        {"data.root": str(manifest.parent), "data.manifest": str(manifest)},
+    )

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, leaf_fields
+from .config import leaf_fields
 
 logger = logging.getLogger("training")
 
@@ -21,31 +21,51 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override the YAML config)")
     for dotted, info in leaf_fields().items():
         default = info.default if info.default_factory is None else info.default_factory()
-        group.add_argument(f"--{dotted}", dest=f"set:{dotted}", metavar="VALUE", default=None,
-                           help=f"{info.description or ''} (default: {default})")
+        group.add_argument(
+            f"--{dotted}",
+            dest=f"set:{dotted}",
+            metavar="VALUE",
+            default=None,
+            help=f"{info.description or ''} (default: {default})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, evaluate, log to MLflow and register")
-    train.add_argument("--config", type=Path, default=None,
-                       help=f"YAML config (default: {DEFAULT_CONFIG.relative_to(Path.cwd()) if DEFAULT_CONFIG.is_relative_to(Path.cwd()) else DEFAULT_CONFIG})")
-    train.add_argument("--print-config", action="store_true",
-                       help="print the resolved config and exit without training")
+    train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML config (default: training/configs/default.yaml)",
+    )
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config and exit without training",
+    )
     _add_setting_flags(train)
 
     demo = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset")
-    demo.add_argument("--out", type=Path, default=Path("data/demo"),
-                      help="output directory (default: data/demo)")
-    demo.add_argument("--per-class", type=int, default=100,
-                      help="single-label images per class (default: 100)")
-    demo.add_argument("--multi-label-images", type=int, default=800,
-                      help="multi-label images (default: 800)")
-    demo.add_argument("--image-size", type=int, default=64, help="image side in pixels (default: 64)")
+    demo.add_argument(
+        "--out", type=Path, default=Path("data/demo"), help="output directory (default: data/demo)"
+    )
+    demo.add_argument(
+        "--per-class", type=int, default=100, help="single-label images per class (default: 100)"
+    )
+    demo.add_argument(
+        "--multi-label-images", type=int, default=800, help="multi-label images (default: 800)"
+    )
+    demo.add_argument(
+        "--image-size", type=int, default=64, help="image side in pixels (default: 64)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return parser
 
@@ -56,22 +76,32 @@ def _raise_keyboard_interrupt(signum, frame):  # SIGTERM -> the same clean path 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "make-demo-data":
         from .synthetic import SyntheticSpec, generate
 
-        generate(args.out, SyntheticSpec(image_size=args.image_size, seed=args.seed,
-                                         single_label_per_class=args.per_class,
-                                         multi_label_images=args.multi_label_images))
+        generate(
+            args.out,
+            SyntheticSpec(
+                image_size=args.image_size,
+                seed=args.seed,
+                single_label_per_class=args.per_class,
+                multi_label_images=args.multi_label_images,
+            ),
+        )
         return 0
 
     from pydantic import ValidationError
 
     from .config import load_config
 
-    overrides = {k.removeprefix("set:"): v for k, v in vars(args).items()
-                 if k.startswith("set:") and v is not None}
+    overrides = {
+        k.removeprefix("set:"): v
+        for k, v in vars(args).items()
+        if k.startswith("set:") and v is not None
+    }
     try:
         cfg = load_config(args.config, overrides)
     except (ValueError, ValidationError) as exc:
@@ -95,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted; resume with --resume auto")
         return 130
-    logger.info("Best %s %.4f at epoch %d; run %s; registered %s version %s",
-                result.monitored, result.best_score, result.best_epoch, result.run_id,
-                result.registered_name, result.registered_version)
+    logger.info(
+        "Best %s %.4f at epoch %d; run %s; registered %s version %s",
+        result.monitored,
+        result.best_score,
+        result.best_epoch,
+        result.run_id,
+        result.registered_name,
+        result.registered_version,
+    )
     return 0
 
 

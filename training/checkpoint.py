@@ -35,13 +35,16 @@ def save_checkpoint(path: Path, state: TrainingState, model, optimizer, schedule
     """Write to a temporary file and rename, so a crash never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "state": state.__dict__,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-    }, tmp)
+    torch.save(
+        {
+            "state": state.__dict__,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 

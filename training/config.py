@@ -22,24 +22,35 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     format: Literal["folder", "csv"] = Field(
-        "folder", description="folder: root/<label>/*.jpg (single-label); csv: a manifest")
-    root: Path = Field(Path("data/demo/single_label"),
-                       description="image folder root; base directory for relative CSV paths")
+        "folder", description="folder: root/<label>/*.jpg (single-label); csv: a manifest"
+    )
+    root: Path = Field(
+        Path("data/demo/single_label"),
+        description="image folder root; base directory for relative CSV paths",
+    )
     manifest: Path | None = Field(None, description="CSV manifest with columns path,labels")
-    label_separator: str = Field(";", description="separator between labels in the CSV labels column")
+    label_separator: str = Field(
+        ";", description="separator between labels in the CSV labels column"
+    )
     labels: list[str] | None = Field(
-        None, description="fixed label list in head order; labels outside it are data errors "
-        "(default: every label found, sorted)")
+        None,
+        description="fixed label list in head order; labels outside it are data errors "
+        "(default: every label found, sorted)",
+    )
     on_error: Literal["fail", "skip"] = Field(
-        "fail", description="bad samples (missing, unreadable, unknown label): fail the run, or "
-        "skip them and report the count")
+        "fail",
+        description="bad samples (missing, unreadable, unknown label): fail the run, or "
+        "skip them and report the count",
+    )
     verify_images: bool = Field(True, description="decode every image once before training")
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0,
-                                description="held-out fraction for validation (ignored with k-fold)")
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="held-out fraction for validation (ignored with k-fold)"
+    )
     num_folds: int = Field(0, ge=0, description="k for k-fold cross-validation splits; 0 = off")
     fold: int = Field(0, ge=0, description="which fold is the validation set when num_folds > 0")
     image_size: int | None = Field(
-        None, ge=16, description="square input size; default: the architecture's timm data config")
+        None, ge=16, description="square input size; default: the architecture's timm data config"
+    )
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
 
     @model_validator(mode="after")
@@ -56,10 +67,13 @@ class DataConfig(_Section):
 class ModelSection(_Section):
     architecture: str = Field("resnet18", description="any timm architecture name")
     pretrained: str | None = Field(
-        None, description="'hub' for the architecture's hub weights, a local weights file, or "
-        "null for random init")
+        None,
+        description="'hub' for the architecture's hub weights, a local weights file, or "
+        "null for random init",
+    )
     task: Task | None = Field(
-        None, description="single_label or multi_label (default: single for folder, multi for csv)")
+        None, description="single_label or multi_label (default: single for folder, multi for csv)"
+    )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="multi-label decision threshold")
     top_k: int = Field(5, ge=1, description="labels returned per image for single-label models")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
@@ -69,9 +83,13 @@ class OptimConfig(_Section):
     epochs: int = Field(10, ge=1, description="maximum number of epochs")
     batch_size: int = Field(32, ge=1, description="training batch size")
     lr: float = Field(1e-3, gt=0.0, description="peak AdamW learning rate")
-    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay (not on norms/biases)")
+    weight_decay: float = Field(
+        0.05, ge=0.0, description="AdamW weight decay (not on norms/biases)"
+    )
     warmup_epochs: float = Field(1.0, ge=0.0, description="linear warm-up length, in epochs")
-    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    min_lr_ratio: float = Field(
+        0.01, ge=0.0, le=1.0, description="cosine floor as a fraction of lr"
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="single-label only")
     patience: int = Field(5, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest improvement")
@@ -87,11 +105,14 @@ class MlflowSection(_Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking and registry URI")
     experiment: str = Field("image-classifier", description="MLflow experiment name")
     artifact_location: str | None = Field(
-        None, description="artifact root for a newly created experiment (default: MLflow's, "
-        "./mlruns for a sqlite tracking URI)")
+        None,
+        description="artifact root for a newly created experiment (default: MLflow's, "
+        "./mlruns for a sqlite tracking URI)",
+    )
     run_name: str | None = Field(None, description="MLflow run name (default: generated)")
     registered_model: str | None = Field(
-        "image-classifier", description="register the best model under this name (null: don't)")
+        "image-classifier", description="register the best model under this name (null: don't)"
+    )
     alias: str = Field("champion", description="alias given to the newly registered version")
 
 
@@ -107,7 +128,8 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision on CUDA (no effect on CPU)")
     output_dir: Path = Field(Path("outputs/train"), description="checkpoints and the best artifact")
     resume: str | None = Field(
-        None, description="'auto' to continue from output_dir/last.pt, or a checkpoint path")
+        None, description="'auto' to continue from output_dir/last.pt, or a checkpoint path"
+    )
 
     @property
     def task(self) -> Task:
@@ -141,7 +163,7 @@ def leaf_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[
 
 
 def apply_override(values: dict[str, Any], dotted: str, raw: str) -> None:
-    """Set ``values[a][b] = yaml(raw)`` for ``dotted == "a.b"`` (YAML parses numbers, null, lists)."""
+    """Set ``values[a][b] = yaml(raw)`` for ``dotted == "a.b"`` (YAML-typed)."""
     if dotted not in leaf_fields():
         raise ValueError(f"unknown setting {dotted!r}")
     *parents, leaf = dotted.split(".")

@@ -72,7 +72,9 @@ def scan_image_folder(root: Path) -> tuple[list[Sample], list[DataIssue]]:
     return samples, issues
 
 
-def read_manifest(manifest: Path, root: Path, separator: str) -> tuple[list[Sample], list[DataIssue]]:
+def read_manifest(
+    manifest: Path, root: Path, separator: str
+) -> tuple[list[Sample], list[DataIssue]]:
     """``path,labels`` rows; relative paths are resolved against ``root``."""
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist")
@@ -81,13 +83,15 @@ def read_manifest(manifest: Path, root: Path, separator: str) -> tuple[list[Samp
         reader = csv.DictReader(fh)
         missing_columns = {"path", "labels"} - set(reader.fieldnames or [])
         if missing_columns:
-            raise DataError(f"{manifest} lacks column(s) {sorted(missing_columns)}; "
-                            f"found {reader.fieldnames}")
+            raise DataError(
+                f"{manifest} lacks column(s) {sorted(missing_columns)}; found {reader.fieldnames}"
+            )
         for row_number, row in enumerate(reader, start=2):  # row 1 is the header
             origin = f"{manifest}:row {row_number}"
             raw_path = (row.get("path") or "").strip()
-            labels = tuple(sorted({x.strip() for x in (row.get("labels") or "").split(separator)
-                                   if x.strip()}))
+            labels = tuple(
+                sorted({x.strip() for x in (row.get("labels") or "").split(separator) if x.strip()})
+            )
             if not raw_path:
                 issues.append(DataIssue(origin, "empty path"))
                 continue
@@ -120,8 +124,14 @@ def validate_samples(
     good, issues = [], []
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decoding releases the GIL
         checks = pool.map(lambda s: _check_sample(s, verify), samples)
-        for sample, issue in tqdm(zip(samples, checks), total=len(samples),
-                                  desc="checking images", unit="img", leave=False, disable=None):
+        for sample, issue in tqdm(
+            zip(samples, checks, strict=False),
+            total=len(samples),
+            desc="checking images",
+            unit="img",
+            leave=False,
+            disable=None,
+        ):
             if issue is None and known is not None:
                 unknown = sorted(set(sample.labels) - known)
                 if unknown:
@@ -146,8 +156,10 @@ def load_dataset(config: DataConfig) -> LoadedData:
         shown = "\n  ".join(str(i) for i in issues[:20])
         extra = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
         if config.on_error == "fail":
-            raise DataError(f"{len(issues)} bad sample(s) (set data.on_error=skip to skip them):"
-                            f"\n  {shown}{extra}")
+            raise DataError(
+                f"{len(issues)} bad sample(s) (set data.on_error=skip to skip them):"
+                f"\n  {shown}{extra}"
+            )
         logger.warning("Skipping %d bad sample(s):\n  %s%s", len(issues), shown, extra)
     if not samples:
         raise DataError("no usable samples left after validation")
@@ -178,16 +190,19 @@ def split_samples(
             val += group[:n_val]
             train += group[n_val:]
     if not train or not val:
-        raise DataError(f"split left {len(train)} training and {len(val)} validation samples; "
-                        "add data or change data.val_fraction / data.num_folds")
+        raise DataError(
+            f"split left {len(train)} training and {len(val)} validation samples; "
+            "add data or change data.val_fraction / data.num_folds"
+        )
     return train, val
 
 
 class ImageDataset(Dataset):
     """Decodes with the shared :func:`load_image`, then applies ``transform``."""
 
-    def __init__(self, samples: Sequence[Sample], labels: LabelSet, task: Task,
-                 transform: Callable) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], labels: LabelSet, task: Task, transform: Callable
+    ) -> None:
         self.samples = list(samples)
         self.labels = labels
         self.task = task

@@ -32,8 +32,9 @@ class Precision:
         return cls(device, dtype, channels_last=True)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                              enabled=self.dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
@@ -51,8 +52,9 @@ def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
-                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warm-up then cosine decay to ``min_lr_ratio * lr``."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
@@ -72,8 +74,16 @@ def create_loss(task: Task, label_smoothing: float) -> torch.nn.Module:
     return torch.nn.BCEWithLogitsLoss()
 
 
-def train_one_epoch(model, loader: DataLoader, loss_fn, optimizer, scheduler, scaler,
-                    precision: Precision, epoch: int) -> float:
+def train_one_epoch(
+    model,
+    loader: DataLoader,
+    loss_fn,
+    optimizer,
+    scheduler,
+    scaler,
+    precision: Precision,
+    epoch: int,
+) -> float:
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
@@ -83,8 +93,9 @@ def train_one_epoch(model, loader: DataLoader, loss_fn, optimizer, scheduler, sc
         with precision.autocast():
             loss = loss_fn(model(images), targets)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; "
-                                     "lower optim.lr or check the data")
+            raise FloatingPointError(
+                f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -97,8 +108,9 @@ def train_one_epoch(model, loader: DataLoader, loss_fn, optimizer, scheduler, sc
 
 
 @torch.inference_mode()
-def evaluate(model, loader: DataLoader, loss_fn, precision: Precision,
-             desc: str = "validate") -> tuple[torch.Tensor, torch.Tensor, float]:
+def evaluate(
+    model, loader: DataLoader, loss_fn, precision: Precision, desc: str = "validate"
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Logits and targets (on CPU) for the whole loader, and the mean loss."""
     model.eval()
     all_logits, all_targets, total = [], [], 0.0

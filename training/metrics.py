@@ -21,15 +21,20 @@ def single_label_metrics(scores: torch.Tensor, targets: torch.Tensor, labels: La
     return {
         "accuracy": float((y_pred == y_true).mean()),
         "top5": float((topk == y_true[:, None]).any(axis=1).mean()),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro",
-                                   labels=range(len(labels)), zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, average="macro", labels=range(len(labels)), zero_division=0)
+        ),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=range(len(labels))),
     }
 
 
-def multi_label_metrics(scores: torch.Tensor, targets: torch.Tensor, labels: LabelSet,
-                        threshold: float = 0.5,
-                        class_thresholds: dict[str, float] | None = None) -> dict:
+def multi_label_metrics(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    labels: LabelSet,
+    threshold: float = 0.5,
+    class_thresholds: dict[str, float] | None = None,
+) -> dict:
     """mAP over classes with positives, micro/macro F1 at the threshold(s), per-class AP."""
     y_true = targets.numpy().astype(int)
     y_score = scores.numpy()
@@ -46,8 +51,13 @@ def multi_label_metrics(scores: torch.Tensor, targets: torch.Tensor, labels: Lab
     }
 
 
-def compute_metrics(logits: torch.Tensor, targets: torch.Tensor, labels: LabelSet, task: Task,
-                    threshold: float = 0.5) -> dict:
+def compute_metrics(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: LabelSet,
+    task: Task,
+    threshold: float = 0.5,
+) -> dict:
     scores = scores_from_logits(logits, task)
     if task is Task.SINGLE_LABEL:
         return single_label_metrics(scores, targets, labels)

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never try to open a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve
 
 
 def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
@@ -34,8 +34,13 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Pat
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted",
-           ylabel="true", title="Confusion matrix (validation)")
+    ax.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (validation)",
+    )
     ax.set_xticklabels(labels, rotation=90)
     ax.set_yticklabels(labels)
     if len(labels) <= 30:
@@ -47,15 +52,21 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Pat
     return path
 
 
-def plot_pr_curves(y_true: np.ndarray, y_score: np.ndarray, labels: tuple[str, ...],
-                   path: Path) -> Path:
+def plot_pr_curves(
+    y_true: np.ndarray, y_score: np.ndarray, labels: tuple[str, ...], path: Path
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5))
     for i, name in enumerate(labels):
         if y_true[:, i].any():
             precision, recall, _ = precision_recall_curve(y_true[:, i], y_score[:, i])
             ax.plot(recall, precision, label=name)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-           title="Precision-recall per class (validation)")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="Precision-recall per class (validation)",
+    )
     if len(labels) <= 20:
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -40,8 +40,14 @@ def _random_colour(rng: random.Random) -> tuple[int, int, int]:
     return tuple(base)  # type: ignore[return-value]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
-                colour: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+    colour: tuple[int, int, int],
+) -> None:
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "circle":
         draw.ellipse(box, fill=colour)
@@ -50,8 +56,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     elif shape == "square":
         draw.rectangle(box, fill=colour)
     elif shape == "triangle":
-        pts = [(cx + r * math.cos(a), cy + r * math.sin(a))
-               for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        pts = [
+            (cx + r * math.cos(a), cy + r * math.sin(a))
+            for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        ]
         draw.polygon(pts, fill=colour)
     elif shape == "cross":
         w = max(2, r / 2.5)
@@ -73,7 +81,7 @@ def render(shapes: list[str], size: int, rng: random.Random) -> Image.Image:
     image = _canvas(size, rng)
     draw = ImageDraw.Draw(image)
     cells = _cells(len(shapes), size, rng)
-    for shape, (cx, cy, r) in zip(shapes, cells):
+    for shape, (cx, cy, r) in zip(shapes, cells, strict=False):
         _draw_shape(draw, shape, cx, cy, r, _random_colour(rng))
     return image
 
@@ -122,6 +130,10 @@ def generate(out_dir: str | Path, spec: SyntheticSpec | None = None) -> dict[str
     out_dir = Path(out_dir)
     single = write_single_label(out_dir / "single_label", spec)
     manifest = write_multi_label(out_dir / "multi_label", spec)
-    logger.info("Wrote synthetic data to %s (%d single-label, %d multi-label images)", out_dir,
-                spec.single_label_per_class * len(SHAPES), spec.multi_label_images)
+    logger.info(
+        "Wrote synthetic data to %s (%d single-label, %d multi-label images)",
+        out_dir,
+        spec.single_label_per_class * len(SHAPES),
+        spec.multi_label_images,
+    )
     return {"single_label": single, "multi_label": manifest}

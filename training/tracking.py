@@ -32,8 +32,9 @@ def mlflow_run(cfg: TrainConfig, run_id: str | None = None) -> Iterator[mlflow.A
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     client = MlflowClient()
     if client.get_experiment_by_name(cfg.mlflow.experiment) is None:
-        client.create_experiment(cfg.mlflow.experiment,
-                                 artifact_location=cfg.mlflow.artifact_location)
+        client.create_experiment(
+            cfg.mlflow.experiment, artifact_location=cfg.mlflow.artifact_location
+        )
     mlflow.set_experiment(cfg.mlflow.experiment)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.mlflow.run_name)
     try:
@@ -70,8 +71,9 @@ def log_labels(labels: tuple[str, ...]) -> None:
     mlflow.log_text(json.dumps(list(labels), indent=2), "data/labels.json")
 
 
-def log_and_register_model(cfg: TrainConfig, artifact_dir: Path, example_image: bytes,
-                           version_tags: dict[str, str]) -> str | None:
+def log_and_register_model(
+    cfg: TrainConfig, artifact_dir: Path, example_image: bytes, version_tags: dict[str, str]
+) -> str | None:
     """Log the best artifact as a pyfunc model; register it and set the alias.
 
     Returns the registered version, or ``None`` when registration is turned off.

@@ -66,37 +66,61 @@ def _check_task(data: LoadedData, task: Task) -> None:
     if task is Task.SINGLE_LABEL:
         multi = [s.origin for s in data.samples if len(s.labels) > 1]
         if multi:
-            raise DataError(f"single_label task but {len(multi)} sample(s) have several labels, "
-                            f"e.g. {multi[:3]}; use model.task=multi_label")
+            raise DataError(
+                f"single_label task but {len(multi)} sample(s) have several labels, "
+                f"e.g. {multi[:3]}; use model.task=multi_label"
+            )
 
 
 def _loader(dataset, cfg: TrainConfig, shuffle: bool, generator=None) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=cfg.optim.batch_size, shuffle=shuffle, drop_last=False,
-        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_seed_worker, generator=generator,
+        dataset,
+        batch_size=cfg.optim.batch_size,
+        shuffle=shuffle,
+        drop_last=False,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_seed_worker,
+        generator=generator,
         persistent_workers=cfg.data.num_workers > 0,
     )
 
 
 def _model_spec(cfg: TrainConfig, labels: LabelSet, preprocess: PreprocessConfig) -> ModelSpec:
-    return ModelSpec(architecture=cfg.model.architecture, task=cfg.task, labels=labels.names,
-                     preprocessing=preprocess, threshold=cfg.model.threshold, top_k=cfg.model.top_k)
+    return ModelSpec(
+        architecture=cfg.model.architecture,
+        task=cfg.task,
+        labels=labels.names,
+        preprocessing=preprocess,
+        threshold=cfg.model.threshold,
+        top_k=cfg.model.top_k,
+    )
 
 
-def _log_final_plots(cfg: TrainConfig, state: checkpoint.TrainingState, metrics: dict,
-                     logits: torch.Tensor, targets: torch.Tensor, labels: LabelSet) -> None:
+def _log_final_plots(
+    cfg: TrainConfig,
+    state: checkpoint.TrainingState,
+    metrics: dict,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    labels: LabelSet,
+) -> None:
     from models.labels import scores_from_logits
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         plots.plot_training_curves(state.history, out / "training_curves.png")
         if cfg.task is Task.SINGLE_LABEL:
-            plots.plot_confusion_matrix(metrics["confusion_matrix"], labels.names,
-                                        out / "confusion_matrix.png")
+            plots.plot_confusion_matrix(
+                metrics["confusion_matrix"], labels.names, out / "confusion_matrix.png"
+            )
         else:
-            plots.plot_pr_curves(targets.numpy(), scores_from_logits(logits, cfg.task).numpy(),
-                                 labels.names, out / "pr_curves.png")
+            plots.plot_pr_curves(
+                targets.numpy(),
+                scores_from_logits(logits, cfg.task).numpy(),
+                labels.names,
+                out / "pr_curves.png",
+            )
         mlflow.log_artifacts(str(out), "plots")
 
 
@@ -108,13 +132,19 @@ def train(cfg: TrainConfig) -> TrainResult:
     _check_task(data, task)
     train_samples, val_samples = split_samples(data.samples, cfg.data, cfg.seed)
     labels = data.labels
-    logger.info("%d labels, %d training / %d validation samples (%d skipped)", len(labels),
-                len(train_samples), len(val_samples), len(data.issues))
+    logger.info(
+        "%d labels, %d training / %d validation samples (%d skipped)",
+        len(labels),
+        len(train_samples),
+        len(val_samples),
+        len(data.issues),
+    )
 
     device = choose_device(cfg.device).device
     precision = Precision.for_device(device, cfg.amp)
-    model = create_classifier(cfg.model.architecture, len(labels), cfg.model.pretrained,
-                              drop_rate=cfg.model.drop_rate)
+    model = create_classifier(
+        cfg.model.architecture, len(labels), cfg.model.pretrained, drop_rate=cfg.model.drop_rate
+    )
     preprocess = PreprocessConfig.for_model(model, cfg.data.image_size)
     spec = _model_spec(cfg, labels, preprocess)
     memory_format = torch.channels_last if precision.channels_last else torch.contiguous_format
@@ -122,12 +152,22 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     generator = torch.Generator()
     train_transform = create_train_transform(
-        preprocess, scale=(cfg.augment.scale_min, 1.0), hflip=cfg.augment.hflip,
-        color_jitter=cfg.augment.color_jitter)
-    train_loader = _loader(ImageDataset(train_samples, labels, task, train_transform), cfg,
-                           shuffle=True, generator=generator)
-    val_loader = _loader(ImageDataset(val_samples, labels, task, create_eval_transform(preprocess)),
-                         cfg, shuffle=False)
+        preprocess,
+        scale=(cfg.augment.scale_min, 1.0),
+        hflip=cfg.augment.hflip,
+        color_jitter=cfg.augment.color_jitter,
+    )
+    train_loader = _loader(
+        ImageDataset(train_samples, labels, task, train_transform),
+        cfg,
+        shuffle=True,
+        generator=generator,
+    )
+    val_loader = _loader(
+        ImageDataset(val_samples, labels, task, create_eval_transform(preprocess)),
+        cfg,
+        shuffle=False,
+    )
 
     loss_fn = create_loss(task, cfg.optim.label_smoothing)
     optimizer = create_optimizer(model, cfg.optim)
@@ -139,20 +179,28 @@ def train(cfg: TrainConfig) -> TrainResult:
     if resume_from:
         state = checkpoint.load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
         if state.labels != list(labels.names):
-            raise DataError(f"{resume_from} was trained on labels {state.labels}, "
-                            f"the data now has {list(labels.names)}")
+            raise DataError(
+                f"{resume_from} was trained on labels {state.labels}, "
+                f"the data now has {list(labels.names)}"
+            )
         logger.info("Resuming from %s after epoch %d", resume_from, state.epoch)
 
     monitored = MONITORED[task]
     with tracking.mlflow_run(cfg, run_id=state.mlflow_run_id) as run:
         state.mlflow_run_id = run.info.run_id
         if state.epoch == 0:
-            tracking.log_config(cfg, {
-                "resolved.task": task.value, "resolved.num_classes": len(labels),
-                "resolved.train_samples": len(train_samples),
-                "resolved.val_samples": len(val_samples),
-                "resolved.skipped_samples": len(data.issues), "resolved.device": str(device),
-                "resolved.input_size": str(preprocess.input_size)})
+            tracking.log_config(
+                cfg,
+                {
+                    "resolved.task": task.value,
+                    "resolved.num_classes": len(labels),
+                    "resolved.train_samples": len(train_samples),
+                    "resolved.val_samples": len(val_samples),
+                    "resolved.skipped_samples": len(data.issues),
+                    "resolved.device": str(device),
+                    "resolved.input_size": str(preprocess.input_size),
+                },
+            )
             tracking.log_labels(labels.names)
             tracking.log_data_issues(data.issues)
             mlflow.log_metric("data_skipped", len(data.issues))
@@ -161,17 +209,29 @@ def train(cfg: TrainConfig) -> TrainResult:
             # Re-seeding per epoch makes a resumed run see the same data order and augmentation.
             torch.manual_seed(cfg.seed + epoch)
             generator.manual_seed(cfg.seed + epoch)
-            train_loss = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
-                                         scaler, precision, epoch)
+            train_loss = train_one_epoch(
+                model, train_loader, loss_fn, optimizer, scheduler, scaler, precision, epoch
+            )
             logits, targets, val_loss = evaluate(model, val_loader, loss_fn, precision)
             metrics = compute_metrics(logits, targets, labels, task, cfg.model.threshold)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "lr": scheduler.get_last_lr()[0], **scalar_metrics(metrics)}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "lr": scheduler.get_last_lr()[0],
+                **scalar_metrics(metrics),
+            }
             state.history.append({k: float(v) for k, v in row.items()})
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             score = metrics[monitored]
-            logger.info("epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f", epoch, train_loss,
-                        val_loss, monitored, score)
+            logger.info(
+                "epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f",
+                epoch,
+                train_loss,
+                val_loss,
+                monitored,
+                score,
+            )
 
             state.epoch = epoch
             if score > state.best_score + cfg.optim.min_delta:
@@ -179,18 +239,32 @@ def train(cfg: TrainConfig) -> TrainResult:
                 checkpoint.save_best_artifact(cfg.output_dir, model, spec)
             else:
                 state.bad_epochs += 1
-            checkpoint.save_checkpoint(cfg.output_dir / checkpoint.LAST_CHECKPOINT, state, model,
-                                       optimizer, scheduler, scaler)
+            checkpoint.save_checkpoint(
+                cfg.output_dir / checkpoint.LAST_CHECKPOINT,
+                state,
+                model,
+                optimizer,
+                scheduler,
+                scaler,
+            )
             if state.bad_epochs >= cfg.optim.patience:
-                logger.info("Early stopping after epoch %d (best: epoch %d)", epoch,
-                            state.best_epoch)
+                logger.info(
+                    "Early stopping after epoch %d (best: epoch %d)", epoch, state.best_epoch
+                )
                 break
 
         return _finish(cfg, state, labels, val_loader, loss_fn, precision, run.info.run_id)
 
 
-def _finish(cfg: TrainConfig, state: checkpoint.TrainingState, labels: LabelSet, val_loader,
-            loss_fn, precision: Precision, run_id: str) -> TrainResult:
+def _finish(
+    cfg: TrainConfig,
+    state: checkpoint.TrainingState,
+    labels: LabelSet,
+    val_loader,
+    loss_fn,
+    precision: Precision,
+    run_id: str,
+) -> TrainResult:
     """Evaluate the best checkpoint, log its plots and metrics, log and register the model."""
     from models.artifact import load_artifact
 
@@ -204,10 +278,23 @@ def _finish(cfg: TrainConfig, state: checkpoint.TrainingState, labels: LabelSet,
     _log_final_plots(cfg, state, metrics, logits, targets, labels)
 
     example = val_loader.dataset.samples[0].path.read_bytes()
-    version = tracking.log_and_register_model(cfg, best_dir, example, {
-        "task": spec.task.value, "architecture": spec.architecture,
-        f"val_{MONITORED[spec.task]}": f"{state.best_score:.4f}"})
-    return TrainResult(run_id=run_id, best_epoch=state.best_epoch, best_score=state.best_score,
-                       monitored=MONITORED[spec.task], artifact_dir=best_dir,
-                       registered_name=cfg.mlflow.registered_model, registered_version=version,
-                       val_metrics=final)
+    version = tracking.log_and_register_model(
+        cfg,
+        best_dir,
+        example,
+        {
+            "task": spec.task.value,
+            "architecture": spec.architecture,
+            f"val_{MONITORED[spec.task]}": f"{state.best_score:.4f}",
+        },
+    )
+    return TrainResult(
+        run_id=run_id,
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        monitored=MONITORED[spec.task],
+        artifact_dir=best_dir,
+        registered_name=cfg.mlflow.registered_model,
+        registered_version=version,
+        val_metrics=final,
+    )

@@ -33,22 +33,36 @@ def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | N
     bentoml_cli = Path(sys.executable).with_name("bentoml")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(bentoml_cli), "serve", "service:ImageClassifier", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                str(bentoml_cli),
+                "serve",
+                "service:ImageClassifier",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n"
-                            f"{log_path.read_text()[-4000:]}")
+                pytest.fail(
+                    f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
             with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
+                pytest.fail(
+                    f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
+                )
             time.sleep(0.5)
         yield url
     finally:

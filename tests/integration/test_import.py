@@ -24,9 +24,12 @@ def test_import_by_alias_carries_lineage_and_labels(single_label_run, single_lab
 
 def test_same_version_is_not_imported_twice(single_label_run, single_label_bento):
     version = single_label_run.registered_version
-    again, created = import_from_mlflow("models:/shapes-single@champion", bento_name="shapes-single")
-    by_version, created_v = import_from_mlflow(f"models:/shapes-single/{version}",
-                                               bento_name="shapes-single")
+    again, created = import_from_mlflow(
+        "models:/shapes-single@champion", bento_name="shapes-single"
+    )
+    by_version, created_v = import_from_mlflow(
+        f"models:/shapes-single/{version}", bento_name="shapes-single"
+    )
     assert not created and not created_v
     assert again.tag == by_version.tag == single_label_bento.tag
     assert len(bentoml.models.list("shapes-single")) == 1
@@ -42,12 +45,15 @@ def test_import_from_a_run_uri(single_label_run):
     assert not created_again
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    ("models:/shapes-single@nope", "has no alias 'nope'.*aliases: \\['champion'\\]"),
-    ("models:/shapes-single/999", "has no version 999"),
-    ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
-    ("s3://bucket/model", "unsupported model URI"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("models:/shapes-single@nope", "has no alias 'nope'.*aliases: \\['champion'\\]"),
+        ("models:/shapes-single/999", "has no version 999"),
+        ("models:/no-such-model@champion", "no registered model named 'no-such-model'"),
+        ("s3://bucket/model", "unsupported model URI"),
+    ],
+)
 def test_unknown_models_give_clear_errors(single_label_run, uri, message):
     with pytest.raises(ModelImportError, match=message):
         import_from_mlflow(uri, bento_name="never-created")
@@ -74,8 +80,7 @@ def test_foreign_model_is_refused_and_leaves_nothing_in_the_store(tmp_path):
 
     mlflow.set_experiment("tests-foreign")
     with mlflow.start_run():
-        mlflow.pyfunc.log_model(name="model", python_model=Echo(),
-                                registered_model_name="foreign")
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), registered_model_name="foreign")
     with pytest.raises(ModelImportError, match="not a classifier model from this project"):
         import_from_mlflow("models:/foreign/1", bento_name="foreign")
     with pytest.raises(bentoml.exceptions.NotFound):

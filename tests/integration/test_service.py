@@ -29,8 +29,10 @@ def multi_server(multi_label_bento, session_dir):
 
 def _in_process(bento_model, paths, **kwargs):
     predictor = Predictor.from_artifact(artifact_dir(bento_model))
-    return [[(p.label, p.score) for p in row]
-            for row in predictor.predict([load_image(p) for p in paths], **kwargs)]
+    return [
+        [(p.label, p.score) for p in row]
+        for row in predictor.predict([load_image(p) for p in paths], **kwargs)
+    ]
 
 
 def _served(response):
@@ -38,9 +40,10 @@ def _served(response):
 
 
 def _assert_same_predictions(served, expected):
-    assert [[label for label, _ in row] for row in served] == \
-        [[label for label, _ in row] for row in expected]
-    for served_row, expected_row in zip(served, expected):
+    assert [[label for label, _ in row] for row in served] == [
+        [label for label, _ in row] for row in expected
+    ]
+    for served_row, expected_row in zip(served, expected, strict=False):
         assert [s for _, s in served_row] == pytest.approx([s for _, s in expected_row], abs=1e-5)
 
 
@@ -77,9 +80,15 @@ async def _classify_concurrently(url, paths, corrupt: bytes | None = None):
         # A fresh image object per call: the client must not share one across requests.
         calls = [client.classify(images=[Image.open(p)]) for p in paths]
         if corrupt is not None:
-            calls.insert(len(calls) // 2, asyncio.to_thread(
-                requests.post, f"{url}/classify", timeout=60,
-                files={"images": ("broken.jpg", corrupt, "image/jpeg")}))
+            calls.insert(
+                len(calls) // 2,
+                asyncio.to_thread(
+                    requests.post,
+                    f"{url}/classify",
+                    timeout=60,
+                    files={"images": ("broken.jpg", corrupt, "image/jpeg")},
+                ),
+            )
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
@@ -104,8 +113,9 @@ def test_concurrent_requests_form_batches(single_server, single_label_bento, png
     results = asyncio.run(_classify_concurrently(single_server, paths))
     errors = [r for r in results if isinstance(r, Exception)]
     assert not errors, errors[:3]
-    _assert_same_predictions([_served(r)[0] for r in results],
-                             _in_process(single_label_bento, paths))
+    _assert_same_predictions(
+        [_served(r)[0] for r in results], _in_process(single_label_bento, paths)
+    )
     total, ones = _batch_size_histogram(single_server)
     batches, single_batches = total - before_total, ones - before_ones
     assert batches > 0
@@ -124,21 +134,26 @@ def test_corrupt_image_fails_alone(single_server, single_label_bento, png_images
     body = bad.json()
     assert "broken.jpg" in str(body) and "corrupt or truncated" in str(body)
     assert not [r for r in results if isinstance(r, Exception)]
-    _assert_same_predictions([_served(r)[0] for r in results],
-                             _in_process(single_label_bento, good))
+    _assert_same_predictions(
+        [_served(r)[0] for r in results], _in_process(single_label_bento, good)
+    )
 
 
 def test_non_image_upload_is_a_400_naming_the_problem(single_server):
-    response = requests.post(f"{single_server}/classify", timeout=30,
-                             files={"images": ("notes.txt", b"hello", "text/plain")})
+    response = requests.post(
+        f"{single_server}/classify",
+        timeout=30,
+        files={"images": ("notes.txt", b"hello", "text/plain")},
+    )
     assert response.status_code == 400
     assert "notes.txt: not a recognised image format" in response.text
     with bentoml.SyncHTTPClient(single_server) as client:  # still serving
         assert client.metadata()["task"] == "single_label"
 
 
-def test_multi_label_service_returns_labels_above_threshold(multi_server, multi_label_bento,
-                                                            holdout_data):
+def test_multi_label_service_returns_labels_above_threshold(
+    multi_server, multi_label_bento, holdout_data
+):
     manifest = holdout_data["multi_label"]
     rows = manifest.read_text().splitlines()[1:9]
     paths = [manifest.parent / row.split(",")[0] for row in rows]

@@ -30,7 +30,9 @@ def test_single_label_accuracy_on_held_out_data(single_label_run, holdout_data):
     predictor = Predictor.from_artifact(single_label_run.artifact_dir)
     samples = _folder_samples(holdout_data["single_label"])
     predictions = predictor.predict([load_image(p) for p, _ in samples], top_k=1)
-    correct = sum(pred[0].label == truth for pred, (_, truth) in zip(predictions, samples))
+    correct = sum(
+        pred[0].label == truth for pred, (_, truth) in zip(predictions, samples, strict=False)
+    )
     accuracy = correct / len(samples)
     assert accuracy >= SINGLE_LABEL_MIN_ACCURACY, f"held-out accuracy {accuracy:.3f}"
 
@@ -92,22 +94,30 @@ def test_registered_pyfunc_matches_the_predictor(single_label_run, holdout_data)
 
 @pytest.fixture
 def small_data(tmp_path):
-    return generate(tmp_path / "data", SyntheticSpec(single_label_per_class=12,
-                                                     multi_label_images=10, seed=5))
+    return generate(
+        tmp_path / "data", SyntheticSpec(single_label_per_class=12, multi_label_images=10, seed=5)
+    )
 
 
 def _small_config(tmp_path, small_data, tracking_uri, **overrides):
-    base = {"data.root": str(small_data["single_label"]), "optim.epochs": "3",
-            "optim.batch_size": "16", "data.num_workers": "0", "model.architecture": "resnet18",
-            "mlflow.tracking_uri": tracking_uri, "mlflow.experiment": "tests-small",
-            "mlflow.registered_model": "null",
-            "mlflow.artifact_location": str(tmp_path / "artifacts"),
-            "output_dir": str(tmp_path / "out")}
+    base = {
+        "data.root": str(small_data["single_label"]),
+        "optim.epochs": "3",
+        "optim.batch_size": "16",
+        "data.num_workers": "0",
+        "model.architecture": "resnet18",
+        "mlflow.tracking_uri": tracking_uri,
+        "mlflow.experiment": "tests-small",
+        "mlflow.registered_model": "null",
+        "mlflow.artifact_location": str(tmp_path / "artifacts"),
+        "output_dir": str(tmp_path / "out"),
+    }
     return load_config(overrides={**base, **overrides})
 
 
 def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
-        tmp_path, small_data, tracking_uri, monkeypatch):
+    tmp_path, small_data, tracking_uri, monkeypatch
+):
     real_epoch = train_module.train_one_epoch
 
     def crash_in_epoch_two(*args, **kwargs):
@@ -150,8 +160,12 @@ def test_interrupt_marks_run_killed(tmp_path, small_data, tracking_uri, monkeypa
 def test_same_seed_gives_identical_weights(tmp_path, small_data, tracking_uri):
     weights = []
     for name in ("a", "b"):
-        cfg = _small_config(tmp_path / name, small_data, tracking_uri,
-                            **{"optim.epochs": "1", "data.num_workers": "2"})
+        cfg = _small_config(
+            tmp_path / name,
+            small_data,
+            tracking_uri,
+            **{"optim.epochs": "1", "data.num_workers": "2"},
+        )
         result = train_module.train(cfg)
         weights.append(load_file(str(result.artifact_dir / "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()

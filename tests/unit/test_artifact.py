@@ -4,14 +4,26 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from models import ModelSpec, PreprocessConfig, Task, create_classifier, load_artifact, save_artifact
+from models import (
+    ModelSpec,
+    PreprocessConfig,
+    Task,
+    create_classifier,
+    load_artifact,
+    save_artifact,
+)
 from models.artifact import ArtifactError, read_spec
 
 
 def _spec(**overrides) -> ModelSpec:
-    values = dict(architecture="resnet18", task=Task.MULTI_LABEL, labels=("a", "b", "c"),
-                  preprocessing=PreprocessConfig(input_size=(3, 32, 32)), threshold=0.4,
-                  class_thresholds={"b": 0.7})
+    values = dict(
+        architecture="resnet18",
+        task=Task.MULTI_LABEL,
+        labels=("a", "b", "c"),
+        preprocessing=PreprocessConfig(input_size=(3, 32, 32)),
+        threshold=0.4,
+        class_thresholds={"b": 0.7},
+    )
     return ModelSpec(**{**values, **overrides})
 
 
@@ -51,13 +63,16 @@ def test_corrupt_spec_is_rejected(tmp_path):
         read_spec(tmp_path)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"class_thresholds": {"zzz": 0.5}}, "unknown labels"),
-    ({"class_thresholds": {"a": 1.5}}, "must be in \\[0, 1\\]"),
-    ({"labels": ("a", "a")}, "duplicate"),
-    ({"format_version": 99}, "not supported"),
-    ({"threshold": -0.1}, "greater than or equal"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"class_thresholds": {"zzz": 0.5}}, "unknown labels"),
+        ({"class_thresholds": {"a": 1.5}}, "must be in \\[0, 1\\]"),
+        ({"labels": ("a", "a")}, "duplicate"),
+        ({"format_version": 99}, "not supported"),
+        ({"threshold": -0.1}, "greater than or equal"),
+    ],
+)
 def test_spec_validation(overrides, message):
     with pytest.raises(ValidationError, match=message):
         _spec(**overrides)

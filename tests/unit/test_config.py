@@ -18,8 +18,14 @@ def test_default_config_is_valid_and_single_label():
 
 
 def test_overrides_are_typed_by_yaml():
-    cfg = load_config(overrides={"optim.lr": "3e-4", "data.labels": "[a, b]",
-                                 "model.pretrained": "null", "data.on_error": "skip"})
+    cfg = load_config(
+        overrides={
+            "optim.lr": "3e-4",
+            "data.labels": "[a, b]",
+            "model.pretrained": "null",
+            "data.on_error": "skip",
+        }
+    )
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.data.labels == ["a", "b"]
     assert cfg.model.pretrained is None
@@ -31,13 +37,16 @@ def test_csv_defaults_to_multi_label():
     assert cfg.task is Task.MULTI_LABEL
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"optim.lr": "-1"}, "greater than 0"),
-    ({"data.format": "csv"}, "data.manifest is not set"),
-    ({"data.num_folds": "5", "data.fold": "5"}, "data.fold must be < data.num_folds"),
-    ({"data.on_error": "ignore"}, "'fail' or 'skip'"),
-    ({"model.task": "regression"}, "single_label"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optim.lr": "-1"}, "greater than 0"),
+        ({"data.format": "csv"}, "data.manifest is not set"),
+        ({"data.num_folds": "5", "data.fold": "5"}, "data.fold must be < data.num_folds"),
+        ({"data.on_error": "ignore"}, "'fail' or 'skip'"),
+        ({"model.task": "regression"}, "single_label"),
+    ],
+)
 def test_invalid_settings_are_rejected(overrides, message):
     with pytest.raises(ValidationError, match=message):
         load_config(overrides=overrides)
@@ -66,14 +75,21 @@ def test_every_setting_has_a_cli_flag_with_help():
 def test_cli_print_config_applies_flags():
     out = subprocess.run(
         [sys.executable, "-m", "training", "train", "--optim.epochs", "3", "--print-config"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "epochs: 3" in out
 
 
 def test_cli_reports_bad_config_without_traceback():
     result = subprocess.run(
         [sys.executable, "-m", "training", "train", "--optim.lr", "-5", "--print-config"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True)
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Invalid configuration" in result.stderr
     assert "Traceback" not in result.stderr

@@ -24,8 +24,10 @@ def manifest(tmp_path):
         _image(tmp_path / f"{i}.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     path = tmp_path / "m.csv"
-    path.write_text("path,labels\n0.png,a;b\n1.png,b\n2.png,a\n3.png,c\n"
-                    "missing.png,a\nbroken.png,b\n,a\n2.png,\n")
+    path.write_text(
+        "path,labels\n0.png,a;b\n1.png,b\n2.png,a\n3.png,c\n"
+        "missing.png,a\nbroken.png,b\n,a\n2.png,\n"
+    )
     return path
 
 
@@ -56,8 +58,9 @@ def test_manifest_problems_name_file_and_row(manifest):
 
 
 def test_skip_policy_keeps_good_rows_and_counts_the_rest(manifest):
-    cfg = DataConfig(format="csv", root=manifest.parent, manifest=manifest, labels=["a", "b"],
-                     on_error="skip")
+    cfg = DataConfig(
+        format="csv", root=manifest.parent, manifest=manifest, labels=["a", "b"], on_error="skip"
+    )
     data = load_dataset(cfg)
     assert [s.labels for s in data.samples] == [("a", "b"), ("b",), ("a",)]
     assert len(data.issues) == 5

@@ -24,11 +24,14 @@ def test_unknown_label_error_names_it_and_the_known_ones():
         LABELS.index("owl")
 
 
-@pytest.mark.parametrize(("names", "message"), [
-    (["a", "b", "a"], "duplicate label names: \\['a'\\]"),
-    (["a", " "], "must not be blank"),
-    ([], "at least 1"),
-])
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "b", "a"], "duplicate label names: \\['a'\\]"),
+        (["a", " "], "must not be blank"),
+        ([], "at least 1"),
+    ],
+)
 def test_invalid_label_sets_are_rejected(names, message):
     with pytest.raises(ValidationError, match=message):
         LabelSet.from_names(names)
@@ -62,6 +65,7 @@ def test_threshold_global_and_per_class_override():
 
 
 def test_threshold_is_inclusive():
-    predictions = thresholded_predictions(torch.tensor([[0.5, 0.49, 0.0]]), LABELS,
-                                          thresholds_tensor(LABELS, 0.5, None))
+    predictions = thresholded_predictions(
+        torch.tensor([[0.5, 0.49, 0.0]]), LABELS, thresholds_tensor(LABELS, 0.5, None)
+    )
     assert [p.label for p in predictions[0]] == ["cat"]

@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from models.labels import LabelSet, Task
-from training.metrics import compute_metrics, multi_label_metrics, scalar_metrics, single_label_metrics
+from training.metrics import (
+    compute_metrics,
+    multi_label_metrics,
+    scalar_metrics,
+    single_label_metrics,
+)
 
 LABELS = LabelSet.from_names(["a", "b", "c"])
 
@@ -41,8 +46,9 @@ def test_compute_metrics_applies_the_task_activation():
     logits = torch.tensor([[5.0, -5.0, -5.0], [-5.0, 5.0, -5.0]])
     single = compute_metrics(logits, torch.tensor([0, 1]), LABELS, Task.SINGLE_LABEL)
     assert single["accuracy"] == 1.0
-    multi = compute_metrics(logits, torch.tensor([[1, 0, 0], [0, 1, 0]], dtype=torch.float32),
-                            LABELS, Task.MULTI_LABEL)
+    multi = compute_metrics(
+        logits, torch.tensor([[1, 0, 0], [0, 1, 0]], dtype=torch.float32), LABELS, Task.MULTI_LABEL
+    )
     assert multi["micro_f1"] == 1.0
 
 

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 
 from models import PreprocessConfig, create_eval_transform, load_image
+from models.labels import LabelSet, Task
 from models.preprocessing import ImageDecodeError
 from models.serving import decode_upload
 from training.data import ImageDataset, Sample
-from models.labels import LabelSet, Task
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -33,10 +33,13 @@ def test_exif_orientation_is_applied():
     assert decoded.size == (20, 40)
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    (b"", "empty upload"),
-    (b"definitely not an image", "not a recognised image format"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"", "empty upload"),
+        (b"definitely not an image", "not a recognised image format"),
+    ],
+)
 def test_undecodable_input_is_rejected_with_a_reason(payload, message):
     with pytest.raises(ImageDecodeError, match=message):
         load_image(payload)
@@ -71,8 +74,9 @@ def test_training_evaluation_and_serving_produce_identical_tensors(tmp_path):
     path = tmp_path / "x.jpg"
     image.save(path, quality=90)
 
-    dataset = ImageDataset([Sample(path, ("a",), str(path))], LabelSet.from_names(["a"]),
-                           Task.SINGLE_LABEL, transform)
+    dataset = ImageDataset(
+        [Sample(path, ("a",), str(path))], LabelSet.from_names(["a"]), Task.SINGLE_LABEL, transform
+    )
     from_training, _ = dataset[0]
     from_service = transform(decode_upload(path.read_bytes()))
 

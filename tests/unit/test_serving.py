@@ -21,8 +21,13 @@ def _fixed_output_artifact(tmp_path, task: Task, **spec_overrides):
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
-    spec = ModelSpec(architecture="resnet18", task=task, labels=("a", "b", "c"),
-                     preprocessing=PreprocessConfig(input_size=(3, 32, 32)), **spec_overrides)
+    spec = ModelSpec(
+        architecture="resnet18",
+        task=task,
+        labels=("a", "b", "c"),
+        preprocessing=PreprocessConfig(input_size=(3, 32, 32)),
+        **spec_overrides,
+    )
     return save_artifact(tmp_path, model, spec)
 
 
@@ -32,7 +37,9 @@ def _softmax(values):
 
 
 def test_single_label_predictor_returns_known_top_k(tmp_path):
-    predictor = Predictor.from_artifact(_fixed_output_artifact(tmp_path, Task.SINGLE_LABEL, top_k=2))
+    predictor = Predictor.from_artifact(
+        _fixed_output_artifact(tmp_path, Task.SINGLE_LABEL, top_k=2)
+    )
     assert predictor.plan.device.type == "cpu"  # CUDA path falls back on this machine
     images = [Image.new("RGB", (50, 40), "blue"), Image.new("RGB", (20, 90), "white")]
     for prediction in predictor.predict(images):
@@ -43,8 +50,9 @@ def test_single_label_predictor_returns_known_top_k(tmp_path):
 
 
 def test_multi_label_predictor_applies_thresholds(tmp_path):
-    artifact = _fixed_output_artifact(tmp_path, Task.MULTI_LABEL, threshold=0.7,
-                                      class_thresholds={"c": 0.9})
+    artifact = _fixed_output_artifact(
+        tmp_path, Task.MULTI_LABEL, threshold=0.7, class_thresholds={"c": 0.9}
+    )
     predictor = Predictor.from_artifact(artifact)
     [prediction] = predictor.predict([Image.new("RGB", (32, 32))])
     # sigmoid: a 0.5, b 0.731, c 0.881 (< its own 0.9 threshold)
@@ -70,8 +78,9 @@ def test_device_must_be_known():
 
 
 def test_settings_from_environment():
-    settings = ServingSettings.from_env({"CLASSIFIER_MODEL_TAG": "x:1",
-                                         "CLASSIFIER_MAX_BATCH_SIZE": "8", "OTHER": "ignored"})
+    settings = ServingSettings.from_env(
+        {"CLASSIFIER_MODEL_TAG": "x:1", "CLASSIFIER_MAX_BATCH_SIZE": "8", "OTHER": "ignored"}
+    )
     assert settings.model_tag == "x:1" and settings.max_batch_size == 8
     with pytest.raises(ValidationError, match="max_batch_size"):
         ServingSettings.from_env({"CLASSIFIER_MAX_BATCH_SIZE": "1"})

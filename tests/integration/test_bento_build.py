@@ -30,4 +30,7 @@ def test_bento_build_packages_service_config_and_model(single_label_bento):
     for name in ("service.py", "configuration.yaml", "models/predictor.py"):
         assert (src / name).is_file(), name
     manifest = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
-    assert str(single_label_bento.tag) in [m["tag"] for m in manifest["models"]]
+    # BentoML 1.4 records the model per service; containerize copies it from the store.
+    [service] = manifest["services"]
+    assert [m["tag"] for m in service["models"]] == [str(single_label_bento.tag)]
+    assert service["config"]["traffic"]["timeout"] == 60  # configuration.yaml was applied

@@ -210,6 +210,14 @@ def import_from_mlflow(
     existing = find_existing(bento_name, source)
     if existing is not None:
         logger.info("%s is already imported as %s", source.download_uri, existing.tag)
+        latest = bentoml.models.get(f"{bento_name}:latest")
+        if latest.tag != existing.tag:
+            logger.warning(
+                "%s:latest is %s, not this model; serve it with CLASSIFIER_MODEL_TAG=%s",
+                bento_name,
+                latest.tag,
+                existing.tag,
+            )
         return existing, False
 
     # Download and validate first: a model that cannot be served never enters the store.
@@ -226,11 +234,14 @@ def import_from_mlflow(
             raise ModelImportError(
                 f"{source.download_uri} is not a classifier model from this project: {exc}"
             ) from exc
-        bento_model = bentoml.mlflow.import_model(
-            bento_name,
-            local,
-            labels=source.bento_labels(tracking_uri),
-            metadata=_metadata(spec, source, client),
-        )
+        try:
+            bento_model = bentoml.mlflow.import_model(
+                bento_name,
+                local,
+                labels=source.bento_labels(tracking_uri),
+                metadata=_metadata(spec, source, client),
+            )
+        except bentoml.exceptions.BentoMLException as exc:
+            raise ModelImportError(f"BentoML could not store {source.download_uri}: {exc}") from exc
     logger.info("Imported %s as %s", source.download_uri, bento_model.tag)
     return bento_model, True

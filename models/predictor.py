@@ -53,7 +53,11 @@ def choose_device(preference: str = "auto") -> DevicePlan:
     if preference == "cuda" and not use_cuda:
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
     if use_cuda:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = (
+            torch.bfloat16
+            if torch.cuda.is_bf16_supported(including_emulation=False)
+            else torch.float16
+        )
         return DevicePlan(torch.device("cuda"), dtype, channels_last=True)
     # channels_last also speeds up convolutions on x86 CPUs (oneDNN); fp32 keeps CPU
     # predictions identical to training evaluation.

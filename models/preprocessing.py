@@ -112,7 +112,7 @@ def load_image(
         raise ImageDecodeError("not a recognised image format") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # PIL raises many types (struct.error, IndexError, ...) on bad input
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 

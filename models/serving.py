@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .labels import LabelScore
@@ -80,10 +80,13 @@ def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     """
     max_pixels = max_pixels or ServingSettings.from_env().max_image_pixels
     if isinstance(value, Image.Image):
-        image = value
-        if image.width * image.height > max_pixels:
-            raise ImageDecodeError(f"image is {image.width}x{image.height}, over the pixel limit")
-        return image if image.mode == "RGB" else image.convert("RGB")
+        # In-process callers: same checks and EXIF handling as an upload, decoded now.
+        if value.width * value.height > max_pixels:
+            raise ImageDecodeError(f"image is {value.width}x{value.height}, over the pixel limit")
+        try:
+            return ImageOps.exif_transpose(value).convert("RGB")
+        except Exception as exc:
+            raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     name = getattr(value, "filename", None)
     raw = value.file.read() if hasattr(value, "file") else value
     if hasattr(raw, "read"):

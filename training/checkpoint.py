@@ -54,7 +54,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> Training
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
-    scaler.load_state_dict(payload["scaler"])
+    if payload["scaler"]:  # a disabled scaler saves {}, which an enabled one refuses
+        scaler.load_state_dict(payload["scaler"])
     return TrainingState(**payload["state"])
 
 

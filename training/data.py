@@ -186,7 +186,8 @@ def split_samples(
         for group in by_label.values():
             group = group[:]
             rng.shuffle(group)
-            n_val = max(1, round(len(group) * config.val_fraction)) if len(group) > 1 else 0
+            # At least one validation and one training sample per class when it has two.
+            n_val = min(max(1, round(len(group) * config.val_fraction)), len(group) - 1)
             val += group[:n_val]
             train += group[n_val:]
     if not train or not val:

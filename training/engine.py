@@ -28,7 +28,11 @@ class Precision:
             return cls(device, None, channels_last=False)
         dtype = None
         if amp:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = (
+                torch.bfloat16
+                if torch.cuda.is_bf16_supported(including_emulation=False)
+                else torch.float16
+            )
         return cls(device, dtype, channels_last=True)
 
     def autocast(self):

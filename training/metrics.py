@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score
@@ -64,9 +66,14 @@ def compute_metrics(
     return multi_label_metrics(scores, targets, labels, threshold)
 
 
+def metric_safe(name: str) -> str:
+    """A label as MLflow accepts it in a metric name (letters, digits, ``_ - .`` and spaces)."""
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", name).strip(" .") or "_"
+
+
 def scalar_metrics(metrics: dict, prefix: str = "val_") -> dict[str, float]:
     """The loggable scalars, prefixed (per-class AP becomes ``val_ap_<label>``)."""
     out = {f"{prefix}{k}": v for k, v in metrics.items() if isinstance(v, float)}
     for name, ap in metrics.get("per_class_ap", {}).items():
-        out[f"{prefix}ap_{name}"] = ap
+        out[f"{prefix}ap_{metric_safe(name)}"] = ap
     return out

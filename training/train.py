@@ -82,7 +82,9 @@ def _loader(dataset, cfg: TrainConfig, shuffle: bool, generator=None) -> DataLoa
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_seed_worker,
         generator=generator,
-        persistent_workers=cfg.data.num_workers > 0,
+        # Fresh workers each epoch: they are seeded from the per-epoch generator, so a resumed run
+        # sees the same order and augmentation as an uninterrupted one.
+        persistent_workers=False,
     )
 
 

@@ -29,7 +29,13 @@ def free_port() -> int:
 def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | None = None):
     """Start `bentoml serve` on a free loopback port; yield its URL once /readyz says ready."""
     port = free_port()
-    env = {**os.environ, "CLASSIFIER_MODEL_TAG": model_tag, **(extra_env or {})}
+    # CPU fp32 on any runner: exact parity with in-process predictions is asserted.
+    env = {
+        **os.environ,
+        "CLASSIFIER_MODEL_TAG": model_tag,
+        "CLASSIFIER_DEVICE": "cpu",
+        **(extra_env or {}),
+    }
     bentoml_cli = Path(sys.executable).with_name("bentoml")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -126,7 +126,7 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_one_epoch", crash_in_epoch_two)
-    cfg = _small_config(tmp_path, small_data, tracking_uri)
+    cfg = _small_config(tmp_path, small_data, tracking_uri, **{"data.num_workers": "2"})
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(cfg)
     client = MlflowClient()
@@ -142,6 +142,17 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(result.run_id, "val_accuracy")]
     assert steps == [1, 2, 3]
+
+    # The resumed run ends with exactly the weights of an uninterrupted one.
+    straight = _small_config(
+        tmp_path / "straight", small_data, tracking_uri, **{"data.num_workers": "2"}
+    )
+    train_module.train(straight)
+    resumed_final = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["model"]
+    straight_final = torch.load(tmp_path / "straight" / "out" / "last.pt", weights_only=True)[
+        "model"
+    ]
+    assert all(torch.equal(resumed_final[k], straight_final[k]) for k in straight_final)
 
 
 def test_interrupt_marks_run_killed(tmp_path, small_data, tracking_uri, monkeypatch):

@@ -102,3 +102,14 @@ def test_split_is_deterministic_for_a_seed(folder):
     data = load_dataset(DataConfig(root=folder))
     cfg = DataConfig(root=folder)
     assert split_samples(data.samples, cfg, 3) == split_samples(data.samples, cfg, 3)
+
+
+def test_every_class_keeps_a_training_sample(tmp_path):
+    for label, count in (("a", 2), ("b", 6)):
+        for i in range(count):
+            _image(tmp_path / "imgs" / label / f"{i}.png")
+    cfg = DataConfig(root=tmp_path / "imgs", val_fraction=0.8)
+    data = load_dataset(cfg)
+    train, val = split_samples(data.samples, cfg, seed=0)
+    assert {s.labels[0] for s in train} == {"a", "b"}
+    assert {s.labels[0] for s in val} == {"a", "b"}

@@ -55,3 +55,12 @@ def test_compute_metrics_applies_the_task_activation():
 def test_scalar_metrics_flattens_per_class_ap():
     flat = scalar_metrics({"map": 0.5, "per_class_ap": {"a": 0.25}, "confusion_matrix": np.eye(2)})
     assert flat == {"val_map": 0.5, "val_ap_a": 0.25}
+
+
+def test_label_names_become_valid_mlflow_metric_names():
+    from mlflow.utils.validation import _validate_metric_name
+
+    from training.metrics import metric_safe
+
+    for label in ("rock&roll", "a+b", "dog's", "x//y", "..", "ok-name 1"):
+        _validate_metric_name(f"val_ap_{metric_safe(label)}")

@@ -82,6 +82,14 @@ def create_train_transform(
     )
 
 
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    """Refuse images whose decoded size would exceed ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+
+
 def load_image(
     source: bytes | str | Path | io.IOBase, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> Image.Image:
@@ -97,12 +105,7 @@ def load_image(
         source = io.BytesIO(source)
     try:
         with Image.open(source) as opened:
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels, "
-                    f"over the limit of {max_pixels}"
-                )
+            check_pixel_limit(*opened.size, max_pixels)
             opened.seek(0)  # first frame of animated images
             image = ImageOps.exif_transpose(opened)
             return image.convert("RGB")

@@ -6,6 +6,7 @@ without starting a server.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,12 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .labels import LabelScore
-from .preprocessing import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, load_image
+from .preprocessing import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    check_pixel_limit,
+    load_image,
+)
 
 ENV_PREFIX = "CLASSIFIER_"
 SERVICE_NAME = "image_classifier"
@@ -72,17 +78,21 @@ class ServingSettings(BaseModel):
         return cls.model_validate(values)
 
 
+@functools.cache
+def _configured_max_pixels() -> int:
+    return ServingSettings.from_env().max_image_pixels
+
+
 def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     """Turn one uploaded file into a fully decoded RGB image, or raise ``ValueError``.
 
     Runs while BentoML validates each request, before batching: a bad image fails its own
     request with a 400 naming the problem and never reaches a batch shared with others.
     """
-    max_pixels = max_pixels or ServingSettings.from_env().max_image_pixels
+    max_pixels = max_pixels or _configured_max_pixels()
     if isinstance(value, Image.Image):
         # In-process callers: same checks and EXIF handling as an upload, decoded now.
-        if value.width * value.height > max_pixels:
-            raise ImageDecodeError(f"image is {value.width}x{value.height}, over the pixel limit")
+        check_pixel_limit(value.width, value.height, max_pixels)
         try:
             return ImageOps.exif_transpose(value).convert("RGB")
         except Exception as exc:

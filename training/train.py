@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from models.artifact import ModelSpec
 from models.factory import create_classifier
-from models.labels import LabelSet, Task
+from models.labels import LabelSet, Task, scores_from_logits
 from models.predictor import choose_device
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
 
@@ -107,8 +107,6 @@ def _log_final_plots(
     targets: torch.Tensor,
     labels: LabelSet,
 ) -> None:
-    from models.labels import scores_from_logits
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         plots.plot_training_curves(state.history, out / "training_curves.png")

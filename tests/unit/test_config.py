@@ -72,24 +72,20 @@ def test_every_setting_has_a_cli_flag_with_help():
         assert info.description, f"{dotted} has no description"
 
 
+def _training_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+
+
 def test_cli_print_config_applies_flags():
-    out = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--optim.epochs", "3", "--print-config"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "epochs: 3" in out
+    result = _training_cli("train", "--optim.epochs", "3", "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "epochs: 3" in result.stdout
 
 
 def test_cli_reports_bad_config_without_traceback():
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--optim.lr", "-5", "--print-config"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = _training_cli("train", "--optim.lr", "-5", "--print-config")
     assert result.returncode == 2
     assert "Invalid configuration" in result.stderr
     assert "Traceback" not in result.stderr

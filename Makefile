@@ -1,5 +1,6 @@
 # Everything runs inside .venv, created on first use. `make help` lists the targets.
 SHELL := bash
+, := ,
 .DEFAULT_GOAL := help
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -10,9 +11,17 @@ TRACKING_URI ?= sqlite:///mlflow.db
 MODEL_URI ?= models:/image-classifier@champion
 PORT ?= 3000
 PYTEST_ARGS ?=
+# Shipping (see README, "Ship it")
+BENTO ?= image-classifier:latest
+IMAGE ?= image-classifier:latest
+MLFLOW_IMAGE ?= image-classifier-mlflow:3.17.2
+EXTRA_CA_BUNDLE ?=
+CONTAINERIZE_OPTS ?=
+DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
-        test-integration lint format clean
+        test-integration lint format clean serve-requirements bento containerize run-image \
+        mlflow-image stack-config
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,6 +59,36 @@ quickstart: install demo-data ## set up, train if nothing is registered, import,
 		$(MAKE) --no-print-directory train; \
 	fi
 	$(MAKE) --no-print-directory import serve
+
+serve-requirements: install ## regenerate requirements-serve.lock (the image's pins) from requirements.lock
+	$(PY) scripts/serve_requirements.py
+
+bento: install ## bentoml build: service, configuration and the model (CLASSIFIER_MODEL_TAG) in a Bento
+	$(VENV)/bin/bentoml build .
+
+# EXTRA_CA_BUNDLE=/path/ca.pem: the extra CA certificate(s) to trust while the image downloads
+# packages (a BuildKit secret, not stored in the image); only the extra ones, not a whole system
+# bundle: BentoML passes it through an environment variable (128 KiB at most).
+# BentoML's docker backend needs BuildKit (DOCKER_BUILDKIT=1; Docker's CLI with built-in BuildKit).
+containerize: install ## bentoml containerize BENTO into the OCI image IMAGE (GPU-capable)
+	$(if $(EXTRA_CA_BUNDLE),@test $$(stat -c %s $(EXTRA_CA_BUNDLE)) -lt 100000 || \
+		{ echo "EXTRA_CA_BUNDLE: give only the extra CA certificates (< 100 kB)"; exit 1; })
+	$(if $(EXTRA_CA_BUNDLE),EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_BUNDLE))") DOCKER_BUILDKIT=1 \
+		$(VENV)/bin/bentoml containerize $(BENTO) --backend docker --image-tag $(IMAGE) \
+		$(CONTAINERIZE_OPTS)
+
+run-image: ## run IMAGE on PORT (all GPUs if nvidia-smi works, else CPU)
+	$(DOCKER) run --rm -p 127.0.0.1:$(PORT):3000 \
+		$$(command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && echo --gpus all) \
+		$(IMAGE)
+
+mlflow-image: ## build the MLflow server image used by docker-compose.yml
+	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(MLFLOW_IMAGE) \
+		$(if $(EXTRA_CA_BUNDLE),--secret id=extra_ca_certs$(,)src=$(EXTRA_CA_BUNDLE)) deploy/mlflow
+
+stack-config: ## validate docker-compose.yml (both profiles) with `docker compose config`
+	POSTGRES_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
+		$(DOCKER) compose config --quiet
 
 test: install ## run the whole test suite (unit, training, integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,17 +2,21 @@
 
 Everything about the model (architecture, labels, task, preprocessing, thresholds) is read from
 the artifact in the BentoML store; settings come from ``CLASSIFIER_*`` environment variables
-(see ``models/serving.py``) and ``configuration.yaml``.
+(see ``models/serving.py``) and ``configuration.yaml``. ``IMAGE`` below is the container image
+that ``bentoml build`` + ``bentoml containerize`` produce (see README, "Ship it").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import bentoml
 
+from models import telemetry
 from models.bento_import import artifact_dir
+from models.labels import Task
 from models.predictor import Predictor
 from models.serving import (
     SERVICE_NAME,
@@ -26,11 +30,47 @@ from models.serving import (
 
 logger = logging.getLogger("bentoml.image_classifier")
 SETTINGS = ServingSettings.from_env()
+HERE = Path(__file__).resolve().parent
+SERVICE_CONFIG = load_service_config(HERE / "configuration.yaml")
 
-
-@bentoml.service(
-    name=SERVICE_NAME, **load_service_config(Path(__file__).with_name("configuration.yaml"))
+# The GPU image, as BentoML documents it: python:3.11-slim plus PyPI torch, which bundles its CUDA
+# runtime (torch 2.14.1 = CUDA 13.0: the host needs an NVIDIA driver >= 580). Without a GPU the
+# same image serves on the CPU. BentoML runs it as the non-root user `bentoml`.
+# Build-time only, for builds behind a TLS-intercepting proxy: trust the PEM certificates in the
+# EXTRA_CA_CERTS build secret while packages download, then restore the stock bundle so the image
+# ships without them. (Inline commands: BentoML 1.4 drops run_script() files when bentofile.yaml
+# is merged into the image.)
+_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+_TRUST_BUILD_CA = (
+    "sh -c 'if [ -s /run/secrets/EXTRA_CA_CERTS ]; then "
+    "grep -q \"BEGIN CERTIFICATE\" /run/secrets/EXTRA_CA_CERTS "
+    "|| { echo EXTRA_CA_CERTS holds no PEM certificate >&2; exit 1; }; "
+    f"cp {_CA_BUNDLE} {_CA_BUNDLE}.image-default && "
+    f"cat /run/secrets/EXTRA_CA_CERTS >> {_CA_BUNDLE}; fi'"
 )
+_UNTRUST_BUILD_CA = (
+    f"sh -c 'if [ -f {_CA_BUNDLE}.image-default ]; then "
+    f"mv {_CA_BUNDLE}.image-default {_CA_BUNDLE}; fi'"
+)
+with contextlib.chdir(HERE):  # BentoML resolves the requirements path against the working dir
+    IMAGE = (
+        bentoml.images.Image(python_version="3.11", distro="debian", lock_python_packages=False)
+        .run(_TRUST_BUILD_CA)
+        .requirements_file("requirements-serve.lock")
+        .run(_UNTRUST_BUILD_CA)
+    )
+IMAGE_ENVS = [
+    # PEM text of extra CA certificates for the build (a BuildKit secret, never in a layer);
+    # empty by default. `make containerize EXTRA_CA_BUNDLE=/path/ca.pem` sets it.
+    {"name": "EXTRA_CA_CERTS", "value": "", "stage": "build"},
+    # pip (bootstrapping uv) and uv use the system trust store, where the build CA is added.
+    {"name": "SSL_CERT_FILE", "value": _CA_BUNDLE},
+    {"name": "PIP_CERT", "value": _CA_BUNDLE},
+    {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+]
+
+
+@bentoml.service(name=SERVICE_NAME, image=IMAGE, envs=IMAGE_ENVS, **SERVICE_CONFIG)
 class ImageClassifier:
     bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
 
@@ -52,6 +92,18 @@ class ImageClassifier:
         self.metrics = dict(stored.info.metadata.get("metrics", {}))
         self.predictor = Predictor.from_artifact(artifact_dir(stored), device=SETTINGS.device)
         self.predictor.warmup(batch_sizes=(1, min(8, SETTINGS.max_batch_size)))
+        telemetry.install(
+            namespace=SERVICE_CONFIG.get("metrics", {}).get("namespace", SERVICE_NAME),
+            model_info={
+                "model_tag": self.model_ref.tag,
+                "mlflow_model": self.model_ref.mlflow_registered_name,
+                "mlflow_version": self.model_ref.mlflow_version,
+                "mlflow_run_id": self.model_ref.mlflow_run_id,
+                "architecture": self.predictor.spec.architecture,
+                "task": self.predictor.spec.task.value,
+                "device": self.predictor.plan.device.type,
+            },
+        )
         logger.info(
             "Serving %s (MLflow %s v%s) on %s",
             self.model_ref.tag,
@@ -67,11 +119,17 @@ class ImageClassifier:
     )
     def classify(self, images: list[UploadedImage]) -> list[Classification]:
         """Classify one or more images (multipart field `images`): labels with scores per image."""
-        scores = self.predictor.scores(self.predictor.preprocess(images))
-        return [
-            Classification(labels=labels, model=self.model_ref)
-            for labels in self.predictor.decode(scores)
-        ]
+        with telemetry.time_preprocess():
+            batch = self.predictor.preprocess(images)
+        with telemetry.time_forward():
+            scores = self.predictor.scores(batch)
+        results = self.predictor.decode(scores)
+        # Single-label answers are ranked top-k lists: count what the client acts on, the top-1.
+        multi_label = self.predictor.spec.task is Task.MULTI_LABEL
+        telemetry.count_predictions(
+            score.label for labels in results for score in (labels if multi_label else labels[:1])
+        )
+        return [Classification(labels=labels, model=self.model_ref) for labels in results]
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image, ImageOps
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from . import telemetry
 from .labels import LabelScore
 from .preprocessing import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -89,7 +90,11 @@ def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     Runs while BentoML validates each request, before batching: a bad image fails its own
     request with a 400 naming the problem and never reaches a batch shared with others.
     """
-    max_pixels = max_pixels or _configured_max_pixels()
+    with telemetry.time_decode():
+        return _decode(value, max_pixels or _configured_max_pixels())
+
+
+def _decode(value: Any, max_pixels: int) -> Image.Image:
     if isinstance(value, Image.Image):
         # In-process callers: same checks and EXIF handling as an upload, decoded now.
         check_pixel_limit(value.width, value.height, max_pixels)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Test harness only: build local stand-ins for the upstream images the project's bentofile/compose
+# use, from Debian packages, because no container registry is reachable on the CI machines.
+# Each is tagged with the upstream name so the real service.py IMAGE and docker-compose.yml run
+# unchanged. Images already present (with our stand-in label) are kept.
+#
+#   tests/containers/standins/build.sh        (DOCKER_HOST must point at a running engine)
+set -euo pipefail
+cd "$(dirname "$0")"
+DOCKER=${DOCKER:-/usr/bin/docker}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+LABEL=org.image-classifier.test-standin
+
+have() { [[ -n $($DOCKER images -q --filter "label=$LABEL" "$1" 2>/dev/null) ]]; }
+
+build_base() {
+    have debian:bookworm-slim && return
+    local root
+    root=$(mktemp -d /var/tmp/standin-rootfs.XXXXXX)
+    debootstrap --variant=minbase bookworm "$root" "$MIRROR" >/dev/null
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    # The same mirror inside, so apt-get in later builds uses what this machine reaches.
+    echo "deb $MIRROR bookworm main" >"$root/etc/apt/sources.list"
+    tar -C "$root" -c . | $DOCKER import \
+        --change "LABEL $LABEL=debootstrap" --change 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+    rm -rf "$root"
+    echo "built debian:bookworm-slim (debootstrap)"
+}
+
+build_standin() {  # build_standin <dir> <upstream tag>
+    have "$2" && return
+    $DOCKER build --network host --label "$LABEL=$1" -t "$2" "$1" >/dev/null
+    echo "built $2 (stand-in from Debian packages)"
+}
+
+build_base
+build_standin python python:3.11-slim
+build_standin postgres postgres:15-bookworm
+build_standin prometheus prom/prometheus:v2.53.4

@@ -1,0 +1,23 @@
+#!/bin/sh
+set -eu
+: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+user=${POSTGRES_USER:-postgres}
+db=${POSTGRES_DB:-$user}
+as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+mkdir -p "$PGDATA" /var/run/postgresql
+chown -R postgres:postgres "$PGDATA" /var/run/postgresql
+chmod 700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    pwfile=$(mktemp)
+    printf '%s' "$POSTGRES_PASSWORD" >"$pwfile"
+    chown postgres "$pwfile"
+    as_postgres initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" \
+        --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    rm -f "$pwfile"
+    echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+    echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
+    if [ "$db" != postgres ]; then
+        echo "CREATE DATABASE \"$db\" OWNER \"$user\";" | as_postgres postgres --single -D "$PGDATA" postgres >/dev/null
+    fi
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$@"

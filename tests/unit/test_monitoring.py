@@ -1,0 +1,178 @@
+"""Prometheus config, alert rules (with promtool unit tests), the Grafana dashboard and the
+compose file, checked with the real tools: promtool and Compose v2."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+
+import yaml
+
+from ..conftest import PROJECT_ROOT
+from ..support import promql
+from ..support.tools import compose_binary, promtool
+
+PROMETHEUS_DIR = PROJECT_ROOT / "monitoring" / "prometheus"
+
+
+def run(*cmd: str, cwd=PROJECT_ROOT, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_prometheus_config_is_valid():
+    result = run(promtool(), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_are_valid_and_cover_the_required_alerts():
+    result = run(promtool(), "check", "rules", str(promql.ALERT_RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {name for name, _ in promql.alert_queries()}
+    assert alerts == {
+        "ClassifierDown",
+        "ClassifierHighErrorRate",
+        "ClassifierHighLatencyP99",
+        "ClassifierOverloaded",
+        "ClassifierNoTraffic",
+    }
+
+
+def test_every_alert_fires_in_promtool_unit_tests():
+    tests_file = PROMETHEUS_DIR / "tests" / "image-classifier.test.yml"
+    result = run(promtool(), "test", "rules", tests_file.name, cwd=tests_file.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Each alert is expected to fire (a non-empty exp_alerts) somewhere in the tests.
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load(tests_file.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert fired == {name for name, _ in promql.alert_queries()}
+
+
+def test_dashboard_json_is_generated_from_build_dashboard():
+    script = PROJECT_ROOT / "monitoring" / "grafana" / "build_dashboard.py"
+    render = runpy.run_path(str(script))["render"]
+    assert promql.DASHBOARD.read_text() == render(), (
+        f"regenerate it: {sys.executable} {script.relative_to(PROJECT_ROOT)}"
+    )
+
+
+def test_dashboard_has_the_required_panels_and_every_query_parses(tmp_path):
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    titles = " | ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for needed in (
+        "requests by endpoint and status",
+        "error ratio",
+        "latency quantiles",
+        "in-flight",
+        "batch size distribution",
+        "forward time",
+        "preprocessing",
+        "predictions per label",
+        "served model",
+        "gpu utilisation",
+    ):
+        assert needed in titles, needed
+    assert all(
+        target["datasource" if "datasource" in target else "refId"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    )
+    # promtool parses every expression of a rules file: one recording rule per panel query.
+    queries = promql.grafana_queries()
+    assert len(queries) >= 15
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": expr}
+                    for i, (_, expr) in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    rules_file = tmp_path / "dashboard-queries.yml"
+    rules_file.write_text(yaml.safe_dump(rules))
+    result = run(promtool(), "check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metric_name_extraction():
+    expr = (
+        'sum by (endpoint) (rate(image_classifier_request_total{http_response_code=~"5.."}[1m]))'
+        ' / on() group_left max(up{job="x"}) and DCGM_FI_DEV_GPU_UTIL > bool 3'
+    )
+    assert promql.metric_names(expr) == {
+        "image_classifier_request_total",
+        "up",
+        "DCGM_FI_DEV_GPU_UTIL",
+    }
+
+
+def compose_config(profiles: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
+    base.pop("COMPOSE_PROFILES", None)
+    return run(
+        compose_binary(),
+        "--project-directory",
+        str(PROJECT_ROOT),
+        "config",
+        "--format",
+        "json",
+        env={**base, "COMPOSE_PROFILES": profiles, **env},
+    )
+
+
+PASSWORDS = {"POSTGRES_PASSWORD": "pg-secret", "GRAFANA_ADMIN_PASSWORD": "gf-secret"}
+
+
+def test_compose_file_is_valid_for_both_profiles():
+    result = compose_config("gpu,cpu", **PASSWORDS)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert {"classifier", "classifier-cpu", "gpu-exporter", "postgres", "mlflow", "prometheus",
+            "grafana"} <= services.keys()  # fmt: skip
+    gpu = services["classifier"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu[0]["driver"] == "nvidia" and gpu[0]["capabilities"] == ["gpu"]
+    assert "reservations" not in services["classifier-cpu"]["deploy"]["resources"]
+    assert services["classifier-cpu"]["environment"]["CLASSIFIER_DEVICE"] == "cpu"
+    for name in ("classifier", "classifier-cpu"):
+        service = services[name]
+        assert service["image"] == services["classifier-cpu"]["image"]
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        assert service["restart"] == "unless-stopped"
+        assert service["deploy"]["resources"]["limits"]["memory"]
+    # Nothing is published beyond loopback unless BIND_ADDRESS says so; postgres not at all.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+    assert not services["postgres"].get("ports")
+
+
+def test_compose_refuses_to_start_without_passwords():
+    result = compose_config("cpu")
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr or "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def test_compose_publishes_beyond_loopback_only_when_asked():
+    result = compose_config("cpu", BIND_ADDRESS="0.0.0.0", **PASSWORDS)
+    assert result.returncode == 0, result.stderr
+    ports = json.loads(result.stdout)["services"]["grafana"]["ports"]
+    assert ports[0]["host_ip"] == "0.0.0.0"
+
+
+def test_no_default_passwords_in_repo_files():
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    values = re.findall(r"^\w*PASSWORD=(.*)$", example, flags=re.MULTILINE)
+    assert values and all(value.split("#")[0].strip() == "" for value in values)
+    compose = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    references = re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", compose)
+    assert references and all(rest.startswith(":?") for _, rest in references), references

@@ -17,6 +17,7 @@ IMAGE ?= image-classifier:latest
 MLFLOW_IMAGE ?= image-classifier-mlflow:3.17.2
 EXTRA_CA_BUNDLE ?=
 CONTAINERIZE_OPTS ?=
+DOCKER_BUILD_OPTS ?=
 DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
@@ -63,14 +64,14 @@ quickstart: install demo-data ## set up, train if nothing is registered, import,
 serve-requirements: install ## regenerate requirements-serve.lock (the image's pins) from requirements.lock
 	$(PY) scripts/serve_requirements.py
 
-bento: install ## bentoml build: service, configuration and the model (CLASSIFIER_MODEL_TAG) in a Bento
+bento: | $(VENV)/.installed ## bentoml build: service, configuration and the model (CLASSIFIER_MODEL_TAG) in a Bento
 	$(VENV)/bin/bentoml build .
 
 # EXTRA_CA_BUNDLE=/path/ca.pem: the extra CA certificate(s) to trust while the image downloads
 # packages (a BuildKit secret, not stored in the image); only the extra ones, not a whole system
 # bundle: BentoML passes it through an environment variable (128 KiB at most).
 # BentoML's docker backend needs BuildKit (DOCKER_BUILDKIT=1; Docker's CLI with built-in BuildKit).
-containerize: install ## bentoml containerize BENTO into the OCI image IMAGE (GPU-capable)
+containerize: | $(VENV)/.installed ## bentoml containerize BENTO into the OCI image IMAGE (GPU-capable)
 	$(if $(EXTRA_CA_BUNDLE),@test $$(stat -c %s $(EXTRA_CA_BUNDLE)) -lt 100000 || \
 		{ echo "EXTRA_CA_BUNDLE: give only the extra CA certificates (< 100 kB)"; exit 1; })
 	$(if $(EXTRA_CA_BUNDLE),EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_BUNDLE))") DOCKER_BUILDKIT=1 \
@@ -83,7 +84,7 @@ run-image: ## run IMAGE on PORT (all GPUs if nvidia-smi works, else CPU)
 		$(IMAGE)
 
 mlflow-image: ## build the MLflow server image used by docker-compose.yml
-	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(MLFLOW_IMAGE) \
+	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(MLFLOW_IMAGE) $(DOCKER_BUILD_OPTS) \
 		$(if $(EXTRA_CA_BUNDLE),--secret id=extra_ca_certs$(,)src=$(EXTRA_CA_BUNDLE)) deploy/mlflow
 
 stack-config: ## validate docker-compose.yml (both profiles) with `docker compose config`

@@ -43,7 +43,7 @@ SERVICE_CONFIG = load_service_config(HERE / "configuration.yaml")
 _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _TRUST_BUILD_CA = (
     "sh -c 'if [ -s /run/secrets/EXTRA_CA_CERTS ]; then "
-    "grep -q \"BEGIN CERTIFICATE\" /run/secrets/EXTRA_CA_CERTS "
+    'grep -q "BEGIN CERTIFICATE" /run/secrets/EXTRA_CA_CERTS '
     "|| { echo EXTRA_CA_CERTS holds no PEM certificate >&2; exit 1; }; "
     f"cp {_CA_BUNDLE} {_CA_BUNDLE}.image-default && "
     f"cat /run/secrets/EXTRA_CA_CERTS >> {_CA_BUNDLE}; fi'"
@@ -67,6 +67,8 @@ IMAGE_ENVS = [
     {"name": "SSL_CERT_FILE", "value": _CA_BUNDLE},
     {"name": "PIP_CERT", "value": _CA_BUNDLE},
     {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+    # The image serves the model packaged at build time, whatever its name (override with -e).
+    {"name": "CLASSIFIER_MODEL_TAG", "value": SETTINGS.model_tag},
 ]
 
 

@@ -20,7 +20,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TIERS = ("unit", "training", "integration")
+TIERS = ("unit", "training", "integration", "containers")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -98,3 +98,38 @@ def multi_label_run(session_dir, tracking_uri, demo_data):
         PROJECT_ROOT / "training" / "configs" / "demo_multilabel.yaml",
         {"data.root": str(manifest.parent), "data.manifest": str(manifest)},
     )
+
+
+@pytest.fixture(scope="session")
+def single_label_bento(single_label_run):
+    from models.bento_import import import_from_mlflow
+
+    model, _ = import_from_mlflow("models:/shapes-single@champion", bento_name="shapes-single")
+    return model
+
+
+@pytest.fixture(scope="session")
+def multi_label_bento(multi_label_run):
+    from models.bento_import import import_from_mlflow
+
+    model, _ = import_from_mlflow("models:/shapes-multi@champion", bento_name="shapes-multi")
+    return model
+
+
+@pytest.fixture(scope="session")
+def png_images(session_dir, holdout_data) -> list[Path]:
+    """Held-out images re-saved as PNG: the SDK client re-encodes PIL images in their own format,
+    and PNG is lossless, so server and in-process see identical pixels."""
+    from PIL import Image
+
+    from training.synthetic import SHAPES
+
+    out = session_dir / "png"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for shape in SHAPES:
+        for src in sorted((holdout_data["single_label"] / shape).glob("*.jpg"))[:8]:
+            dst = out / f"{shape}-{src.stem}.png"
+            Image.open(src).save(dst)
+            paths.append(dst)
+    return paths

@@ -21,6 +21,16 @@ def quantile(q: float, metric: str, selector: str = "") -> str:
     return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
 
 
+def error_ratio(status_class: str) -> str:
+    total = f"sum by (endpoint) (rate(image_classifier_request_total[{RATE}]))"
+    errors = (
+        f"sum by (endpoint) (rate(image_classifier_request_total"
+        f'{{http_response_code=~"{status_class}.."}}[{RATE}]))'
+    )
+    # `or total * 0`: a flat 0 instead of "No data" while there are no such errors.
+    return f"({errors} or {total} * 0) / {total}"
+
+
 def panel(title, targets, *, kind="timeseries", unit="short", description="", width=12, **extra):
     return {
         "type": kind,
@@ -58,16 +68,9 @@ def service_panels():
         ),
         panel(
             "Error ratio by endpoint (4xx, 5xx)",
-            [
-                (
-                    f"sum by (endpoint) (rate(image_classifier_request_total"
-                    f'{{http_response_code=~"{c}.."}}[{RATE}]))'
-                    f" / sum by (endpoint) (rate(image_classifier_request_total[{RATE}]))",
-                    f"{{{{endpoint}}}} {c}xx",
-                )
-                for c in "45"
-            ],
+            [(error_ratio(c), f"{{{{endpoint}}}} {c}xx") for c in "45"],
             unit="percentunit",
+            description="Share of requests answered 4xx / 5xx; 0 when there are none.",
         ),
         panel(
             "/classify latency quantiles",

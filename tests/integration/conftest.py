@@ -79,38 +79,3 @@ def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | N
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-@pytest.fixture(scope="session")
-def single_label_bento(single_label_run):
-    from models.bento_import import import_from_mlflow
-
-    model, _ = import_from_mlflow("models:/shapes-single@champion", bento_name="shapes-single")
-    return model
-
-
-@pytest.fixture(scope="session")
-def multi_label_bento(multi_label_run):
-    from models.bento_import import import_from_mlflow
-
-    model, _ = import_from_mlflow("models:/shapes-multi@champion", bento_name="shapes-multi")
-    return model
-
-
-@pytest.fixture(scope="session")
-def png_images(session_dir, holdout_data) -> list[Path]:
-    """Held-out images re-saved as PNG: the SDK client re-encodes PIL images in their own format,
-    and PNG is lossless, so server and in-process see identical pixels."""
-    from PIL import Image
-
-    from training.synthetic import SHAPES
-
-    out = session_dir / "png"
-    out.mkdir(exist_ok=True)
-    paths = []
-    for shape in SHAPES:
-        for src in sorted((holdout_data["single_label"] / shape).glob("*.jpg"))[:8]:
-            dst = out / f"{shape}-{src.stem}.png"
-            Image.open(src).save(dst)
-            paths.append(dst)
-    return paths

@@ -143,6 +143,9 @@ def test_compose_file_is_valid_for_both_profiles():
     assert gpu[0]["driver"] == "nvidia" and gpu[0]["capabilities"] == ["gpu"]
     assert "reservations" not in services["classifier-cpu"]["deploy"]["resources"]
     assert services["classifier-cpu"]["environment"]["CLASSIFIER_DEVICE"] == "cpu"
+    # Unless the user picks one, the image's own (packaged) model is served.
+    # Not even an empty entry: Docker would then drop the image's own (packaged) model tag.
+    assert "CLASSIFIER_MODEL_TAG" not in services["classifier-cpu"]["environment"]
     for name in ("classifier", "classifier-cpu"):
         service = services[name]
         assert service["image"] == services["classifier-cpu"]["image"]

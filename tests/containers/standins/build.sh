@@ -2,7 +2,7 @@
 # Test harness only: build local stand-ins for the upstream images the project's bentofile/compose
 # use, from Debian packages, because no container registry is reachable on the CI machines.
 # Each is tagged with the upstream name so the real service.py IMAGE and docker-compose.yml run
-# unchanged. Images already present (with our stand-in label) are kept.
+# unchanged. An image already built from the same stand-in files (label = their hash) is kept.
 #
 #   tests/containers/standins/build.sh        (DOCKER_HOST must point at a running engine)
 set -euo pipefail
@@ -11,10 +11,13 @@ DOCKER=${DOCKER:-/usr/bin/docker}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 LABEL=org.image-classifier.test-standin
 
-have() { [[ -n $($DOCKER images -q --filter "label=$LABEL" "$1" 2>/dev/null) ]]; }
+have() {  # have <image> <label value>
+    [[ -n $($DOCKER images -q --filter "label=$LABEL=$2" "$1" 2>/dev/null) ]]
+}
+content_hash() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 
 build_base() {
-    have debian:bookworm-slim && return
+    have debian:bookworm-slim debootstrap && return
     local root
     root=$(mktemp -d /var/tmp/standin-rootfs.XXXXXX)
     debootstrap --variant=minbase bookworm "$root" "$MIRROR" >/dev/null
@@ -28,8 +31,10 @@ build_base() {
 }
 
 build_standin() {  # build_standin <dir> <upstream tag>
-    have "$2" && return
-    $DOCKER build --network host --label "$LABEL=$1" -t "$2" "$1" >/dev/null
+    local hash
+    hash=$(content_hash "$1")
+    have "$2" "$hash" && return
+    $DOCKER build --network host --label "$LABEL=$hash" -t "$2" "$1" >/dev/null
     echo "built $2 (stand-in from Debian packages)"
 }
 

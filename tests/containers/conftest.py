@@ -1,0 +1,151 @@
+"""Real Docker: the classifier image built by `bentoml containerize`, and the compose stack.
+
+Needs a Docker engine (DOCKER_HOST; `.ci/docker-engine install && .ci/docker-engine start`) and
+Debian's Docker CLI, whose built-in BuildKit BentoML's docker backend uses. The base images the
+project names upstream (python:3.11-slim, postgres, prometheus) are built locally by
+`standins/build.sh`, because no registry is reachable from CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ..conftest import PROJECT_ROOT
+from ..support.tools import require_tool
+
+DOCKER_CLI = "/usr/bin/docker"  # Debian's CLI: BuildKit built in (the one in /usr/local lacks it)
+ENGINE_SCRIPT = PROJECT_ROOT / ".ci" / "docker-engine"
+STANDINS = Path(__file__).parent / "standins" / "build.sh"
+IMAGE = "image-classifier:test"
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("container builds")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
+def run(cmd, env, timeout=600, check=True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT, **kwargs
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def docker_env(session_dir) -> dict[str, str]:
+    """Environment for docker/compose/bentoml commands that reach a running engine."""
+    if not Path(DOCKER_CLI).exists():
+        require_tool("dockerd", "run `.ci/docker-engine install`")
+    # BentoML runs whichever `docker` comes first in PATH: make that Debian's.
+    shim = session_dir / "docker-cli"
+    shim.mkdir(exist_ok=True)
+    if not (shim / "docker").exists():
+        (shim / "docker").symlink_to(DOCKER_CLI)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "DOCKER_BUILDKIT": "1"}
+    if "DOCKER_HOST" not in env and Path("/usr/sbin/dockerd").exists():
+        started = run([str(ENGINE_SCRIPT), "start"], env, timeout=120)
+        env["DOCKER_HOST"] = started.stdout.strip().split("=", 1)[1]
+    if run([DOCKER_CLI, "info"], env, check=False, timeout=30).returncode != 0:
+        message = "no Docker engine: run `.ci/docker-engine install && .ci/docker-engine start`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return env
+
+
+@pytest.fixture(scope="session")
+def standin_images(docker_env) -> None:
+    require_tool("debootstrap", "run `.ci/docker-engine install`")
+    run(["bash", str(STANDINS)], docker_env, timeout=900)
+
+
+def _pem_blocks(text: str) -> list[str]:
+    return re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)
+
+
+@pytest.fixture(scope="session")
+def extra_ca_bundle(docker_env, standin_images, session_dir) -> Path | None:
+    """The CA certificates this host trusts beyond Debian's stock bundle (a TLS-intercepting
+    proxy's, on the CI machines): exactly what a user behind such a proxy passes to the build."""
+    host = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not host.exists():
+        return None
+    stock = run(
+        [DOCKER_CLI, "run", "--rm", "python:3.11-slim", "cat", str(host)], docker_env
+    ).stdout
+    extra = [pem for pem in _pem_blocks(host.read_text()) if pem not in set(_pem_blocks(stock))]
+    if not extra:
+        return None
+    path = session_dir / "extra-ca.pem"
+    path.write_text("\n".join(extra) + "\n")
+    return path
+
+
+def image_size_gb(env, image: str) -> float:
+    size = run([DOCKER_CLI, "image", "inspect", "-f", "{{.Size}}", image], env).stdout
+    return int(size) / 1e9
+
+
+@pytest.fixture(scope="session")
+def classifier_image(docker_env, standin_images, extra_ca_bundle, single_label_bento) -> str:
+    """`make bento` + `make containerize` for the test model: the README's commands."""
+    env = {**docker_env, "CLASSIFIER_MODEL_TAG": str(single_label_bento.tag)}
+    started = time.monotonic()
+    built = run(["make", "--no-print-directory", "bento"], env, timeout=600)
+    bento_tag = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', built.stdout + built.stderr)
+    assert bento_tag, built.stdout + built.stderr
+    bento_tag = bento_tag.group(1)
+    make_args = [f"BENTO={bento_tag}", f"IMAGE={IMAGE}", "CONTAINERIZE_OPTS=--opt network=host"]
+    if extra_ca_bundle:
+        make_args.append(f"EXTRA_CA_BUNDLE={extra_ca_bundle}")
+    run(["make", "--no-print-directory", "containerize", *make_args], env, timeout=1800)
+    # The previous test image (~7 GB) is now untagged: drop it so repeated runs don't fill the disk.
+    run([DOCKER_CLI, "image", "prune", "-f"], env, check=False)
+    REPORT.append(
+        f"{IMAGE} (bento {bento_tag}): built in {time.monotonic() - started:.0f} s "
+        f"(bentoml build + containerize), {image_size_gb(env, IMAGE):.2f} GB"
+    )
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def mlflow_image(docker_env, standin_images, extra_ca_bundle) -> str:
+    started = time.monotonic()
+    args = [f"EXTRA_CA_BUNDLE={extra_ca_bundle}"] if extra_ca_bundle else []
+    make = ["make", "--no-print-directory", "mlflow-image", f"DOCKER={DOCKER_CLI}"]
+    run([*make, "DOCKER_BUILD_OPTS=--network host", *args], docker_env)
+    image = "image-classifier-mlflow:3.17.2"
+    REPORT.append(
+        f"{image}: built in {time.monotonic() - started:.0f} s, "
+        f"{image_size_gb(docker_env, image):.2f} GB"
+    )
+    return image
+
+
+@pytest.fixture
+def docker_network(docker_env):
+    """A user-defined network: these engines run without the default bridge."""
+    name = f"ic-test-{uuid.uuid4().hex[:8]}"
+    run([DOCKER_CLI, "network", "create", name], docker_env)
+    yield name
+    run([DOCKER_CLI, "network", "rm", name], docker_env, check=False)
+
+
+def inspect(env, kind: str, name: str) -> dict:
+    return json.loads(run([DOCKER_CLI, kind, "inspect", name], env).stdout)[0]

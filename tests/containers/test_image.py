@@ -1,0 +1,131 @@
+"""The OCI image from `bentoml containerize`: starts, is ready, classifies like in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+
+import bentoml
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from ..integration.conftest import free_port
+from .conftest import DOCKER_CLI, inspect, run
+
+READY_TIMEOUT_S = 240
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@contextlib.contextmanager
+def running_container(env, image: str, network: str, *args: str):
+    name = f"ic-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    run(
+        [DOCKER_CLI, "run", "-d", "--name", name, "--network", network,
+         "-p", f"127.0.0.1:{port}:3000", *args, image],
+        env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            state = inspect(env, "container", name)["State"]
+            if not state["Running"]:
+                logs = run([DOCKER_CLI, "logs", name], env, check=False)
+                pytest.fail(f"container exited {state['ExitCode']}:\n{logs.stdout}{logs.stderr}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                logs = run([DOCKER_CLI, "logs", name], env, check=False)
+                pytest.fail(f"not ready in {READY_TIMEOUT_S}s:\n{logs.stdout}{logs.stderr}")
+            time.sleep(1)
+        yield name, url
+    finally:
+        run([DOCKER_CLI, "rm", "-f", name], env, check=False)
+
+
+def test_image_serves_the_packaged_model_like_in_process(
+    docker_env, classifier_image, docker_network, single_label_bento, png_images
+):
+    from models.bento_import import artifact_dir
+    from models.predictor import Predictor
+
+    images = png_images[::4]
+    predictor = Predictor.from_artifact(artifact_dir(single_label_bento), device="cpu")
+    expected = predictor.decode(predictor.scores(predictor.preprocess(
+        [Image.open(path) for path in images]
+    )))  # fmt: skip
+    # No CLASSIFIER_* settings: the image's defaults find the model packaged in its Bento.
+    with running_container(docker_env, classifier_image, docker_network) as (name, url):
+        with bentoml.SyncHTTPClient(url) as client:
+            served = [client.classify(images=[Image.open(path)])[0] for path in images]
+            metadata = client.metadata()
+        uid = run([DOCKER_CLI, "exec", name, "id", "-u"], docker_env).stdout.strip()
+    assert metadata["model"]["tag"] == str(single_label_bento.tag)
+    assert metadata["device"].startswith("cpu")  # no GPU on this host: the same image, on CPU
+    for want, got in zip(expected, served, strict=True):
+        assert [s.label for s in want] == [s["label"] for s in got["labels"]]
+        np.testing.assert_allclose(
+            [s.score for s in want], [s["score"] for s in got["labels"]], atol=1e-4
+        )
+    assert uid != "0"
+
+
+def test_image_is_gpu_capable_non_root_and_carries_no_build_secrets(
+    docker_env, classifier_image, extra_ca_bundle
+):
+    config = inspect(docker_env, "image", classifier_image)["Config"]
+    assert config["User"] not in ("", "root", "0")
+    assert not any("PASSWORD" in item or "SECRET" in item for item in config["Env"])
+    history = run(
+        [DOCKER_CLI, "history", "--no-trunc", "--format", "{{.CreatedBy}}", classifier_image],
+        docker_env,
+    ).stdout
+    # The build secret's content is in no layer command and no environment variable.
+    secret_lines = extra_ca_bundle.read_text().splitlines()[1:3] if extra_ca_bundle else []
+    for line in secret_lines:
+        assert line not in history
+        assert not any(line in item for item in config["Env"])
+    probe = (
+        f"CA = {CA_BUNDLE!r}; "
+        "import torch, pathlib; print(torch.__version__, torch.version.cuda); "
+        "print(pathlib.Path(CA).read_text())"
+    )
+    out = run(
+        [DOCKER_CLI, "run", "--rm", "--network", "none", "--entrypoint", "python",
+         classifier_image, "-c", probe],
+        docker_env,
+    ).stdout  # fmt: skip
+    version_line, bundle = out.split("\n", 1)
+    # PyPI's torch bundles its CUDA runtime: the image runs on a GPU host with `--gpus all`.
+    assert version_line.split()[1] not in ("None", ""), version_line
+    stock = run(
+        [
+            DOCKER_CLI,
+            "run",
+            "--rm",
+            "python:3.11-slim",
+            "cat",
+            "/etc/ssl/certs/ca-certificates.crt",
+        ],
+        docker_env,
+    ).stdout
+    # The build-time CA was trusted for the downloads and removed again.
+    assert bundle.strip() == stock.strip()
+    for line in secret_lines:
+        assert line not in bundle
+
+
+def test_image_fails_fast_without_its_model(docker_env, classifier_image):
+    result = subprocess.run(
+        [DOCKER_CLI, "run", "--rm", "--network", "none",
+         "-e", "CLASSIFIER_MODEL_TAG=no-such-model:latest", classifier_image],
+        env=docker_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no-such-model" in result.stdout + result.stderr

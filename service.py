@@ -36,10 +36,10 @@ SERVICE_CONFIG = load_service_config(HERE / "configuration.yaml")
 # The GPU image, as BentoML documents it: python:3.11-slim plus PyPI torch, which bundles its CUDA
 # runtime (torch 2.14.1 = CUDA 13.0: the host needs an NVIDIA driver >= 580). Without a GPU the
 # same image serves on the CPU. BentoML runs it as the non-root user `bentoml`.
-# Build-time only, for builds behind a TLS-intercepting proxy: trust the PEM certificates in the
-# EXTRA_CA_CERTS build secret while packages download, then restore the stock bundle so the image
-# ships without them. (Inline commands: BentoML 1.4 drops run_script() files when bentofile.yaml
-# is merged into the image.)
+# For builds behind a TLS-intercepting proxy: trust the PEM certificates in the EXTRA_CA_CERTS
+# build secret while packages download, then restore the stock bundle, so the final image trusts
+# only Debian's CAs (the public certificate stays in an intermediate layer). Inline commands:
+# BentoML 1.4 drops run_script() files when bentofile.yaml is merged into the image.
 _CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _TRUST_BUILD_CA = (
     "sh -c 'if [ -s /run/secrets/EXTRA_CA_CERTS ]; then "
@@ -60,7 +60,7 @@ with contextlib.chdir(HERE):  # BentoML resolves the requirements path against t
         .run(_UNTRUST_BUILD_CA)
     )
 IMAGE_ENVS = [
-    # PEM text of extra CA certificates for the build (a BuildKit secret, never in a layer);
+    # PEM text of extra CA certificates for the build (a BuildKit secret, not a build arg);
     # empty by default. `make containerize EXTRA_CA_BUNDLE=/path/ca.pem` sets it.
     {"name": "EXTRA_CA_CERTS", "value": "", "stage": "build"},
     # pip (bootstrapping uv) and uv use the system trust store, where the build CA is added.

@@ -47,9 +47,15 @@ def run(cmd, env, timeout=600, check=True, **kwargs) -> subprocess.CompletedProc
     return result
 
 
+def _engine_answers(env) -> bool:
+    return run([DOCKER_CLI, "info"], env, check=False, timeout=30).returncode == 0
+
+
 @pytest.fixture(scope="session")
-def docker_env(session_dir) -> dict[str, str]:
-    """Environment for docker/compose/bentoml commands that reach a running engine."""
+def docker_env(session_dir):
+    """Environment for docker/compose/bentoml commands that reach a running engine: DOCKER_HOST
+    if set, else the default socket, else (as root, with Debian's dockerd installed) a private
+    engine from `.ci/docker-engine`, stopped again after the session."""
     if not Path(DOCKER_CLI).exists():
         require_tool("dockerd", "run `.ci/docker-engine install`")
     # BentoML runs whichever `docker` comes first in PATH: make that Debian's.
@@ -58,15 +64,21 @@ def docker_env(session_dir) -> dict[str, str]:
     if not (shim / "docker").exists():
         (shim / "docker").symlink_to(DOCKER_CLI)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "DOCKER_BUILDKIT": "1"}
-    if "DOCKER_HOST" not in env and Path("/usr/sbin/dockerd").exists():
+    started_engine = False
+    can_start = "DOCKER_HOST" not in env and os.geteuid() == 0
+    can_start = can_start and Path("/usr/sbin/dockerd").exists()
+    if can_start and not _engine_answers(env):
         started = run([str(ENGINE_SCRIPT), "start"], env, timeout=120)
         env["DOCKER_HOST"] = started.stdout.strip().split("=", 1)[1]
-    if run([DOCKER_CLI, "info"], env, check=False, timeout=30).returncode != 0:
+        started_engine = True
+    if not _engine_answers(env):
         message = "no Docker engine: run `.ci/docker-engine install && .ci/docker-engine start`"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return env
+    yield env
+    if started_engine:
+        run([str(ENGINE_SCRIPT), "stop"], env, check=False, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -80,20 +92,26 @@ def _pem_blocks(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def extra_ca_bundle(docker_env, standin_images, session_dir) -> Path | None:
+def extra_ca_bundle(docker_env, standin_images, session_dir) -> Path:
     """The CA certificates this host trusts beyond Debian's stock bundle (a TLS-intercepting
     proxy's, on the CI machines): exactly what a user behind such a proxy passes to the build."""
     host = Path("/etc/ssl/certs/ca-certificates.crt")
-    if not host.exists():
-        return None
     stock = run(
         [DOCKER_CLI, "run", "--rm", "python:3.11-slim", "cat", str(host)], docker_env
     ).stdout
-    extra = [pem for pem in _pem_blocks(host.read_text()) if pem not in set(_pem_blocks(stock))]
-    if not extra:
-        return None
+    trusted = host.read_text() if host.exists() else ""
+    extra = [pem for pem in _pem_blocks(trusted) if pem not in set(_pem_blocks(stock))]
     path = session_dir / "extra-ca.pem"
-    path.write_text("\n".join(extra) + "\n")
+    if extra:
+        path.write_text("\n".join(extra) + "\n")
+    else:
+        # No proxy here: a throw-away CA still exercises the option (trusted, then removed).
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=image-classifier test build CA", "-keyout", os.devnull,
+             "-out", str(path)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
     return path
 
 
@@ -111,12 +129,17 @@ def classifier_image(docker_env, standin_images, extra_ca_bundle, single_label_b
     bento_tag = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', built.stdout + built.stderr)
     assert bento_tag, built.stdout + built.stderr
     bento_tag = bento_tag.group(1)
-    make_args = [f"BENTO={bento_tag}", f"IMAGE={IMAGE}", "CONTAINERIZE_OPTS=--opt network=host"]
-    if extra_ca_bundle:
-        make_args.append(f"EXTRA_CA_BUNDLE={extra_ca_bundle}")
+    make_args = [
+        f"BENTO={bento_tag}",
+        f"IMAGE={IMAGE}",
+        "CONTAINERIZE_OPTS=--opt network=host",
+        f"EXTRA_CA_BUNDLE={extra_ca_bundle}",
+    ]
+    previous = run([DOCKER_CLI, "images", "-q", IMAGE], env).stdout.strip()
     run(["make", "--no-print-directory", "containerize", *make_args], env, timeout=1800)
-    # The previous test image (~7 GB) is now untagged: drop it so repeated runs don't fill the disk.
-    run([DOCKER_CLI, "image", "prune", "-f"], env, check=False)
+    if previous and previous != run([DOCKER_CLI, "images", "-q", IMAGE], env).stdout.strip():
+        # The last run's test image (~7 GB), now untagged: don't let repeated runs fill the disk.
+        run([DOCKER_CLI, "rmi", previous], env, check=False)
     REPORT.append(
         f"{IMAGE} (bento {bento_tag}): built in {time.monotonic() - started:.0f} s "
         f"(bentoml build + containerize), {image_size_gb(env, IMAGE):.2f} GB"
@@ -127,7 +150,7 @@ def classifier_image(docker_env, standin_images, extra_ca_bundle, single_label_b
 @pytest.fixture(scope="session")
 def mlflow_image(docker_env, standin_images, extra_ca_bundle) -> str:
     started = time.monotonic()
-    args = [f"EXTRA_CA_BUNDLE={extra_ca_bundle}"] if extra_ca_bundle else []
+    args = [f"EXTRA_CA_BUNDLE={extra_ca_bundle}"]
     make = ["make", "--no-print-directory", "mlflow-image", f"DOCKER={DOCKER_CLI}"]
     run([*make, "DOCKER_BUILD_OPTS=--network host", *args], docker_env)
     image = "image-classifier-mlflow:3.17.2"

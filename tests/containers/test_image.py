@@ -13,7 +13,6 @@ import pytest
 import requests
 from PIL import Image
 
-from ..integration.conftest import free_port
 from .conftest import DOCKER_CLI, inspect, run
 
 READY_TIMEOUT_S = 240
@@ -23,14 +22,14 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 @contextlib.contextmanager
 def running_container(env, image: str, network: str, *args: str):
     name = f"ic-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
     run(
         [DOCKER_CLI, "run", "-d", "--name", name, "--network", network,
-         "-p", f"127.0.0.1:{port}:3000", *args, image],
+         "-p", "127.0.0.1::3000", *args, image],
         env,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
+        published = run([DOCKER_CLI, "port", name, "3000/tcp"], env).stdout.split()[0]
+        url = f"http://{published}"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             state = inspect(env, "container", name)["State"]
@@ -87,7 +86,7 @@ def test_image_is_gpu_capable_non_root_and_carries_no_build_secrets(
         docker_env,
     ).stdout
     # The build secret's content is in no layer command and no environment variable.
-    secret_lines = extra_ca_bundle.read_text().splitlines()[1:3] if extra_ca_bundle else []
+    secret_lines = extra_ca_bundle.read_text().splitlines()[1:3]
     for line in secret_lines:
         assert line not in history
         assert not any(line in item for item in config["Env"])

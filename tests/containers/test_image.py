@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 import uuid
 
 import bentoml
 import numpy as np
-import pytest
-import requests
 from PIL import Image
 
+from ..support.ready import wait_until_ready
 from .conftest import DOCKER_CLI, inspect, run
 
 READY_TIMEOUT_S = 240
@@ -30,19 +28,23 @@ def running_container(env, image: str, network: str, *args: str):
     try:
         published = run([DOCKER_CLI, "port", name, "3000/tcp"], env).stdout.split()[0]
         url = f"http://{published}"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
+
+        def exit_status() -> int | None:
             state = inspect(env, "container", name)["State"]
-            if not state["Running"]:
-                logs = run([DOCKER_CLI, "logs", name], env, check=False)
-                pytest.fail(f"container exited {state['ExitCode']}:\n{logs.stdout}{logs.stderr}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                logs = run([DOCKER_CLI, "logs", name], env, check=False)
-                pytest.fail(f"not ready in {READY_TIMEOUT_S}s:\n{logs.stdout}{logs.stderr}")
-            time.sleep(1)
+            return None if state["Running"] else state["ExitCode"]
+
+        def logs() -> str:
+            result = run([DOCKER_CLI, "logs", name], env, check=False)
+            return result.stdout + result.stderr
+
+        wait_until_ready(
+            url,
+            what=f"container {name}",
+            timeout_s=READY_TIMEOUT_S,
+            exit_status=exit_status,
+            logs=logs,
+            poll_s=1,
+        )
         yield name, url
     finally:
         run([DOCKER_CLI, "rm", "-f", name], env, check=False)

@@ -8,13 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
-import requests
-
 from ..conftest import PROJECT_ROOT
+from ..support.ready import wait_until_ready
 
 READY_TIMEOUT_S = 180
 
@@ -56,20 +53,13 @@ def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | N
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"bentoml serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-                )
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"server not ready in {READY_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}"
-                )
-            time.sleep(0.5)
+        wait_until_ready(
+            url,
+            what="bentoml serve",
+            timeout_s=READY_TIMEOUT_S,
+            exit_status=proc.poll,
+            logs=lambda: log_path.read_text()[-4000:],
+        )
         yield url
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -115,7 +115,7 @@ class ImageClassifier:
         )
 
     @bentoml.api(
-        batchable=True,
+        batchable=SETTINGS.batching,
         max_batch_size=SETTINGS.max_batch_size,
         max_latency_ms=SETTINGS.max_latency_ms,
     )

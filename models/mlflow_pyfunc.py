@@ -52,6 +52,25 @@ def model_signature():
     )
 
 
+def log_classifier_model(
+    artifact_dir: str | Path, example_image: bytes, registered_model_name: str | None = None
+):
+    """Log an artifact directory as this project's pyfunc model in the active MLflow run.
+
+    Registers it as ``registered_model_name`` when given; returns MLflow's ``ModelInfo``.
+    """
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(ENTRY_FILE),
+        artifacts={ARTIFACT_KEY: str(artifact_dir)},
+        code_paths=[str(PACKAGE_DIR)],
+        signature=model_signature(),
+        input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
+        pip_requirements=pip_requirements(),
+        registered_model_name=registered_model_name,
+    )
+
+
 def pip_requirements() -> list[str]:
     """Pinned runtime requirements of the pyfunc, taken from the running environment."""
     from importlib.metadata import version

@@ -57,6 +57,9 @@ class ServingSettings(BaseModel):
         "image-classifier:latest", description="BentoML store tag of the model to serve"
     )
     device: str = Field("auto", description="auto, cuda or cpu")
+    batching: bool = Field(
+        True, description="adaptive batching; off: each request's images form their own batch"
+    )
     max_batch_size: int = Field(32, ge=2, description="adaptive batching: largest batch")
     max_latency_ms: int = Field(
         10_000,

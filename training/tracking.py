@@ -12,14 +12,7 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 
-from models.mlflow_pyfunc import (
-    ARTIFACT_KEY,
-    ENTRY_FILE,
-    IMAGE_COLUMN,
-    PACKAGE_DIR,
-    model_signature,
-    pip_requirements,
-)
+from models.mlflow_pyfunc import log_classifier_model
 
 from .config import TrainConfig, flatten
 
@@ -78,18 +71,7 @@ def log_and_register_model(
 
     Returns the registered version, or ``None`` when registration is turned off.
     """
-    import pandas as pd
-
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(ENTRY_FILE),
-        artifacts={ARTIFACT_KEY: str(artifact_dir)},
-        code_paths=[str(PACKAGE_DIR)],
-        signature=model_signature(),
-        input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
-        pip_requirements=pip_requirements(),
-        registered_model_name=cfg.mlflow.registered_model,
-    )
+    info = log_classifier_model(artifact_dir, example_image, cfg.mlflow.registered_model)
     if not cfg.mlflow.registered_model:
         return None
     version = str(info.registered_model_version)

@@ -1,0 +1,196 @@
+"""Benchmark the classifier service against its in-process ceiling and its peers.
+
+    python -m benchmarks run                 # or: make benchmark
+
+Prepares each model (random weights, registered in a private MLflow registry, imported into a
+private BentoML store under --work-dir), measures the in-process ceiling, then starts each
+server alone and drives it at every concurrency. Prints the table and writes JSON + Markdown to
+--out. Loopback only; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+logger = logging.getLogger("benchmarks")
+
+
+def _csv(kind):
+    def parse(text: str):
+        return [kind(item) for item in text.split(",") if item]
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the benchmark and write the results")
+    run.add_argument(
+        "--models",
+        type=_csv(str),
+        default=["resnet50", "efficientnet_b0"],
+        help="timm architectures, comma-separated (default: %(default)s)",
+    )
+    run.add_argument(
+        "--servers",
+        type=_csv(str),
+        default=["bentoml", "bentoml-nobatch", "fastapi-naive", "litserve"],
+        help="servers to compare, comma-separated (default: %(default)s)",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=_csv(int),
+        default=[1, 8, 32, 64],
+        help="requests kept in flight, comma-separated (default: %(default)s)",
+    )
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=15.0,
+        help="seconds measured per point (default: %(default)s)",
+    )
+    run.add_argument(
+        "--warmup",
+        type=float,
+        default=4.0,
+        help="seconds of load before each measured window (default: %(default)s)",
+    )
+    run.add_argument(
+        "--max-requests",
+        type=int,
+        default=20_000,
+        help="hard cap on requests per point (default: %(default)s)",
+    )
+    run.add_argument(
+        "--images-per-size",
+        type=int,
+        default=8,
+        help="distinct JPEGs per size, 500x375 and 1024x768 (default: %(default)s)",
+    )
+    run.add_argument(
+        "--skip-ceiling",
+        action="store_true",
+        help="do not measure the in-process ceiling (ratios are then omitted)",
+    )
+    run.add_argument(
+        "--work-dir",
+        type=Path,
+        default=HERE / ".work",
+        help="private BentoML store, MLflow registry and server logs (default: benchmarks/.work)",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results",
+        help="where the JSON and Markdown results go (default: benchmarks/results)",
+    )
+    return parser
+
+
+def _isolate(work_dir: Path) -> str:
+    """Point BentoML and MLflow at the work dir before either is imported."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str(work_dir / "bentoml")
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    return tracking_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    tracking_uri = _isolate(args.work_dir.resolve())
+
+    from tqdm import tqdm
+
+    from . import report
+    from .ceiling import measure_ceiling
+    from .loadgen import run_load
+    from .model import prepare_model
+    from .servers import SERVERS, running
+    from .targets import evaluate
+    from .workload import DEFAULT_SIZES, make_uploads
+
+    unknown = sorted(set(args.servers) - set(SERVERS))
+    if unknown:
+        raise SystemExit(f"unknown servers {unknown}; choose from {sorted(SERVERS)}")
+    uploads = make_uploads(per_size=args.images_per_size)
+    results = {
+        "started_at": report.now(),
+        "command": report.command_line(),
+        "machine": report.machine(),
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrency": args.concurrency,
+            "images": f"{len(uploads)} photo-like JPEGs, "
+            + " and ".join(f"{w}x{h}" for w, h in DEFAULT_SIZES),
+        },
+        "servers": {name: SERVERS[name].description for name in args.servers},
+        "models": [],
+    }
+    steps = tqdm(
+        total=len(args.models) * len(args.servers) * len(args.concurrency),
+        desc="load points",
+        unit="point",
+    )
+    for architecture in args.models:
+        model = prepare_model(architecture, tracking_uri)
+        entry = {"architecture": architecture, "bento_tag": model.bento_tag, "servers": []}
+        from models.predictor import Predictor
+
+        predictor = Predictor.from_artifact(model.artifact_dir)
+        entry["plan"] = predictor.plan.describe()
+        if not args.skip_ceiling:
+            logger.info("Measuring the in-process ceiling of %s", architecture)
+            entry["ceiling"] = measure_ceiling(predictor, uploads)
+        del predictor
+        gc.collect()
+        ceiling = (entry.get("ceiling") or {}).get("ceiling_images_per_s")
+        for name in args.servers:
+            log_path = args.work_dir / "logs" / f"{architecture}-{name}.log"
+            with running(SERVERS[name], model, log_path) as (base_url, ready_s):
+                server = {"name": name, "ready_s": round(ready_s, 1), "points": []}
+                for concurrency in args.concurrency:
+                    steps.set_postfix_str(f"{architecture} {name} C={concurrency}")
+                    result = asyncio.run(
+                        run_load(
+                            base_url + "/classify",
+                            uploads,
+                            concurrency,
+                            args.duration,
+                            warmup_s=args.warmup,
+                            max_requests=args.max_requests,
+                        )
+                    )
+                    point = result.summary()
+                    point["ratio_to_ceiling"] = (
+                        round(result.throughput / ceiling, 3) if ceiling else None
+                    )
+                    server["points"].append(point)
+                    steps.update()
+                    logger.info("%s %s C=%d: %s", architecture, name, concurrency, point)
+            entry["servers"].append(server)
+        entry["targets"] = evaluate(entry)
+        results["models"].append(entry)
+    steps.close()
+    json_path, md_path = report.write(results, args.out)
+    print(report.markdown(results))
+    print(f"Written: {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The performance targets (issue 4), checked against one run's numbers."""
+
+from __future__ import annotations
+
+OURS = "bentoml"
+SATURATION_RATIO = 0.9
+NAIVE_SPEEDUP_AT_32 = 2.0
+SINGLE_LATENCY_SLACK = 1.10
+
+
+def _points(entry: dict, name: str) -> dict[int, dict]:
+    for server in entry["servers"]:
+        if server["name"] == name:
+            return {p["concurrency"]: p for p in server["points"]}
+    return {}
+
+
+def _target(text: str, measured: str, met: bool | None) -> dict:
+    return {"target": text, "measured": measured, "met": met}
+
+
+def evaluate(entry: dict) -> list[dict]:
+    ours = _points(entry, OURS)
+    if not ours:
+        return []
+    ceiling = entry.get("ceiling") or {}
+    targets = []
+    best = max(p["throughput_rps"] for p in ours.values())
+    if ceiling:
+        ratio = best / ceiling["ceiling_images_per_s"]
+        targets.append(
+            _target(
+                f"saturation throughput >= {SATURATION_RATIO} x ceiling",
+                f"{best:.1f} / {ceiling['ceiling_images_per_s']:.1f} = {ratio:.2f}",
+                ratio >= SATURATION_RATIO,
+            )
+        )
+    naive, lit = _points(entry, "fastapi-naive"), _points(entry, "litserve")
+    if 32 in ours and 32 in naive:
+        speedup = ours[32]["throughput_rps"] / max(naive[32]["throughput_rps"], 1e-9)
+        targets.append(
+            _target(
+                f">= {NAIVE_SPEEDUP_AT_32}x naive FastAPI at C=32",
+                f"{ours[32]['throughput_rps']:.1f} / {naive[32]['throughput_rps']:.1f} = "
+                f"{speedup:.2f}x",
+                speedup >= NAIVE_SPEEDUP_AT_32,
+            )
+        )
+    if 32 in ours and 32 in lit:
+        targets.append(
+            _target(
+                "ahead of LitServe at C=32",
+                f"{ours[32]['throughput_rps']:.1f} vs {lit[32]['throughput_rps']:.1f}",
+                ours[32]["throughput_rps"] > lit[32]["throughput_rps"],
+            )
+        )
+    if ceiling and 1 in ours and ours[1]["p50_ms"] is not None:
+        limit = ceiling["single_image_ms_p50"] * SINGLE_LATENCY_SLACK
+        targets.append(
+            _target(
+                "p50 at C=1 within 10% of in-process single-image latency",
+                f"{ours[1]['p50_ms']:.1f} ms vs {ceiling['single_image_ms_p50']:.1f} ms "
+                f"(limit {limit:.1f})",
+                ours[1]["p50_ms"] <= limit,
+            )
+        )
+    server_errors = {
+        c: {k: v for k, v in p["errors"].items() if k.startswith("5")} for c, p in ours.items()
+    }
+    bad = {c: e for c, e in server_errors.items() if e}
+    targets.append(
+        _target("no 5xx at any C (default configuration)", str(bad) if bad else "none", not bad)
+    )
+    return targets

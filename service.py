@@ -25,11 +25,14 @@ from models.serving import (
     ModelRef,
     ServingSettings,
     UploadedImage,
+    configure_request_decoding,
     load_service_config,
+    warmup_batch_sizes,
 )
 
 logger = logging.getLogger("bentoml.image_classifier")
 SETTINGS = ServingSettings.from_env()
+MAX_BATCH_SIZE = SETTINGS.batch_size_limit()
 HERE = Path(__file__).resolve().parent
 SERVICE_CONFIG = load_service_config(HERE / "configuration.yaml")
 
@@ -92,8 +95,12 @@ class ImageClassifier:
             mlflow_run_id=labels.get("mlflow_run_id", ""),
         )
         self.metrics = dict(stored.info.metadata.get("metrics", {}))
-        self.predictor = Predictor.from_artifact(artifact_dir(stored), device=SETTINGS.device)
-        self.predictor.warmup(batch_sizes=(1, min(8, SETTINGS.max_batch_size)))
+        self.predictor = Predictor.from_artifact(
+            artifact_dir(stored), device=SETTINGS.device, precision=SETTINGS.precision
+        )
+        # Request validation decodes (and resizes) uploads before a batch forms: for this model.
+        configure_request_decoding(SETTINGS, self.predictor.preprocessing)
+        self.predictor.warmup(batch_sizes=warmup_batch_sizes(MAX_BATCH_SIZE))
         telemetry.install(
             namespace=SERVICE_CONFIG.get("metrics", {}).get("namespace", SERVICE_NAME),
             model_info={
@@ -116,7 +123,7 @@ class ImageClassifier:
 
     @bentoml.api(
         batchable=SETTINGS.batching,
-        max_batch_size=SETTINGS.max_batch_size,
+        max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def classify(self, images: list[UploadedImage]) -> list[Classification]:
@@ -148,6 +155,6 @@ class ImageClassifier:
             preprocessing=spec.preprocessing.model_dump(mode="json"),
             device=self.predictor.plan.describe(),
             metrics=self.metrics,
-            max_batch_size=SETTINGS.max_batch_size,
+            max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=SETTINGS.max_latency_ms,
         )

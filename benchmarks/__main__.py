@@ -103,6 +103,7 @@ def _isolate(work_dir: Path) -> str:
     work_dir.mkdir(parents=True, exist_ok=True)
     os.environ["BENTOML_HOME"] = str(work_dir / "bentoml")
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     return tracking_uri
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    from . import ceiling as ceilings
     from . import report
-    from .ceiling import measure_ceiling
     from .loadgen import run_load
     from .model import prepare_model
     from .servers import SERVERS, running
@@ -150,19 +151,35 @@ def main(argv: list[str] | None = None) -> int:
         model = prepare_model(architecture, tracking_uri)
         entry = {"architecture": architecture, "bento_tag": model.bento_tag, "servers": []}
         from models.predictor import Predictor
+        from models.serving import (
+            ServingSettings,
+            configure_request_decoding,
+            warmup_batch_sizes,
+        )
 
-        predictor = Predictor.from_artifact(model.artifact_dir)
+        # Exactly what the service builds from the same (default) settings.
+        settings = ServingSettings.from_env()
+        predictor = Predictor.from_artifact(
+            model.artifact_dir, device=settings.device, precision=settings.precision
+        )
+        configure_request_decoding(settings, predictor.preprocessing)
         entry["plan"] = predictor.plan.describe()
         if not args.skip_ceiling:
             logger.info("Measuring the in-process ceiling of %s", architecture)
-            entry["ceiling"] = measure_ceiling(predictor, uploads)
-        del predictor
-        gc.collect()
-        ceiling = (entry.get("ceiling") or {}).get("ceiling_images_per_s")
+            entry["ceiling"] = ceilings.sweep(
+                predictor, uploads, batch_sizes=warmup_batch_sizes(2 * settings.batch_size_limit())
+            )
         for name in args.servers:
             log_path = args.work_dir / "logs" / f"{architecture}-{name}.log"
+            server = {"name": name, "points": []}
+            ceiling = None
+            if not args.skip_ceiling:
+                server["ceiling"] = ceilings.adjacent(
+                    predictor, uploads, entry["ceiling"]["best_batch_size"]
+                )
+                ceiling = server["ceiling"]["ceiling_images_per_s"]
             with running(SERVERS[name], model, log_path) as (base_url, ready_s):
-                server = {"name": name, "ready_s": round(ready_s, 1), "points": []}
+                server["ready_s"] = round(ready_s, 1)
                 for concurrency in args.concurrency:
                     steps.set_postfix_str(f"{architecture} {name} C={concurrency}")
                     result = asyncio.run(
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                     steps.update()
                     logger.info("%s %s C=%d: %s", architecture, name, concurrency, point)
             entry["servers"].append(server)
+        del predictor
+        gc.collect()
         entry["targets"] = evaluate(entry)
         results["models"].append(entry)
     steps.close()

@@ -8,11 +8,12 @@ NAIVE_SPEEDUP_AT_32 = 2.0
 SINGLE_LATENCY_SLACK = 1.10
 
 
+def _server(entry: dict, name: str) -> dict:
+    return next((s for s in entry["servers"] if s["name"] == name), {})
+
+
 def _points(entry: dict, name: str) -> dict[int, dict]:
-    for server in entry["servers"]:
-        if server["name"] == name:
-            return {p["concurrency"]: p for p in server["points"]}
-    return {}
+    return {p["concurrency"]: p for p in _server(entry, name).get("points", [])}
 
 
 def _target(text: str, measured: str, met: bool | None) -> dict:
@@ -23,7 +24,8 @@ def evaluate(entry: dict) -> list[dict]:
     ours = _points(entry, OURS)
     if not ours:
         return []
-    ceiling = entry.get("ceiling") or {}
+    # The ceiling measured right before our server ran (the machine drifts over minutes).
+    ceiling = _server(entry, OURS).get("ceiling") or {}
     targets = []
     best = max(p["throughput_rps"] for p in ours.values())
     if ceiling:

@@ -20,7 +20,7 @@ from .labels import (
     thresholds_tensor,
     top_k_predictions,
 )
-from .preprocessing import create_eval_transform, preprocess_batch
+from .preprocessing import EvalPreprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -37,31 +37,56 @@ class DevicePlan:
         precision = (
             str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
         )
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return f"{self.device} ({name}), {precision}, channels_last={self.channels_last}"
+        if self.device.type == "cuda":
+            where = f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        else:
+            where = f"cpu ({torch.get_num_threads()} threads)"
+        return f"{where}, {precision}, channels_last={self.channels_last}"
 
 
-def choose_device(preference: str = "auto") -> DevicePlan:
-    """CUDA with reduced-precision autocast when available, fp32 CPU otherwise.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where it is ~2x fp32.
+
+    Elsewhere oneDNN emulates bf16 and it is slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def _autocast_dtype(device_type: str, precision: str) -> torch.dtype | None:
+    if precision == "float32":
+        return None
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if device_type == "cuda":  # auto: bf16 where the GPU has it natively (Ampere+), else fp16
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def choose_device(preference: str = "auto", precision: str = "auto") -> DevicePlan:
+    """Where and in which precision the forward pass runs.
 
     ``preference`` is ``auto``, ``cuda`` or ``cpu``; asking for ``cuda`` without a GPU is an
-    error rather than a silent fallback.
+    error rather than a silent fallback. ``precision`` is ``auto`` (reduced precision where the
+    hardware runs it natively: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX512-BF16/AMX,
+    fp32 elsewhere), or ``float32``/``bfloat16``/``float16`` to force one. Reduced precision is
+    autocast: weights stay fp32, and the scores agree with fp32 at the top-1 level (checked by
+    the tests and the benchmark), not bit for bit.
     """
     if preference not in {"auto", "cuda", "cpu"}:
         raise ValueError(f"device must be auto, cuda or cpu, not {preference!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     use_cuda = torch.cuda.is_available() and preference != "cpu"
     if preference == "cuda" and not use_cuda:
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
-    if use_cuda:
-        dtype = (
-            torch.bfloat16
-            if torch.cuda.is_bf16_supported(including_emulation=False)
-            else torch.float16
-        )
-        return DevicePlan(torch.device("cuda"), dtype, channels_last=True)
-    # channels_last also speeds up convolutions on x86 CPUs (oneDNN); fp32 keeps CPU
-    # predictions identical to training evaluation.
-    return DevicePlan(torch.device("cpu"), None, channels_last=True)
+    device = torch.device("cuda" if use_cuda else "cpu")
+    # channels_last speeds up convolutions on GPUs (tensor cores) and x86 CPUs (oneDNN).
+    return DevicePlan(device, _autocast_dtype(device.type, precision), channels_last=True)
 
 
 class Predictor:
@@ -71,15 +96,17 @@ class Predictor:
         self.spec = spec
         self.plan = device
         self.labels = spec.label_set
-        self.transform = create_eval_transform(spec.preprocessing)
+        self.preprocessing = EvalPreprocessing(spec.preprocessing)
         memory_format = torch.channels_last if device.channels_last else torch.contiguous_format
         self.model = model.eval().to(device.device, memory_format=memory_format)
         self._thresholds = thresholds_tensor(self.labels, spec.threshold, spec.class_thresholds)
 
     @classmethod
-    def from_artifact(cls, directory: str | Path, device: str = "auto") -> Predictor:
+    def from_artifact(
+        cls, directory: str | Path, device: str = "auto", precision: str = "auto"
+    ) -> Predictor:
         model, spec = load_artifact(directory)
-        plan = choose_device(device)
+        plan = choose_device(device, precision)
         logger.info(
             "Loaded %s (%s, %d labels) on %s",
             spec.architecture,
@@ -90,7 +117,7 @@ class Predictor:
         return cls(model, spec, plan)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return preprocess_batch(images, self.transform)
+        return self.preprocessing.to_batch(images)
 
     @torch.inference_mode()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:

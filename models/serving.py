@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from PIL import Image, ImageOps
@@ -19,6 +20,7 @@ from . import telemetry
 from .labels import LabelScore
 from .preprocessing import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    EvalPreprocessing,
     ImageDecodeError,
     check_pixel_limit,
     load_image,
@@ -26,6 +28,10 @@ from .preprocessing import (
 
 ENV_PREFIX = "CLASSIFIER_"
 SERVICE_NAME = "image_classifier"
+# Default largest batches. CPU: throughput per image peaks at batch 4-16 and drops beyond (caches;
+# measured in docs/performance.md). CUDA: large batches keep the GPU busy.
+CPU_MAX_BATCH_SIZE = 8
+CUDA_MAX_BATCH_SIZE = 32
 
 
 def load_service_config(path: Path) -> dict[str, Any]:
@@ -57,10 +63,20 @@ class ServingSettings(BaseModel):
         "image-classifier:latest", description="BentoML store tag of the model to serve"
     )
     device: str = Field("auto", description="auto, cuda or cpu")
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="forward-pass precision; auto: bf16/fp16 autocast on CUDA, bf16 on CPUs "
+        "with native bf16 (AVX512-BF16/AMX), fp32 elsewhere",
+    )
     batching: bool = Field(
         True, description="adaptive batching; off: each request's images form their own batch"
     )
-    max_batch_size: int = Field(32, ge=2, description="adaptive batching: largest batch")
+    max_batch_size: int | None = Field(
+        None,
+        ge=2,
+        description=f"adaptive batching: largest batch; default {CPU_MAX_BATCH_SIZE} on CPU "
+        f"(larger batches are slower per image there), {CUDA_MAX_BATCH_SIZE} on CUDA",
+    )
     max_latency_ms: int = Field(
         10_000,
         ge=1,
@@ -70,6 +86,20 @@ class ServingSettings(BaseModel):
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="reject images with more pixels than this"
     )
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when still >= the model's "
+        "resize size (faster; see docs/performance.md for the agreement with a full decode)",
+    )
+
+    def batch_size_limit(self) -> int:
+        """``max_batch_size``, or the default for the device the service will run on."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        import torch
+
+        on_cuda = self.device != "cpu" and torch.cuda.is_available()
+        return CUDA_MAX_BATCH_SIZE if on_cuda else CPU_MAX_BATCH_SIZE
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
@@ -82,9 +112,44 @@ class ServingSettings(BaseModel):
         return cls.model_validate(values)
 
 
+def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to ``max_batch_size`` (and it): the shapes adaptive batching will form
+    most, so the first requests do not pay for kernel selection (oneDNN/cuDNN) at each shape."""
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    return tuple(dict.fromkeys([*sizes, max_batch_size]))
+
+
+@dataclass
+class RequestDecoding:
+    """How request validation decodes uploads; the service sets it once its model is loaded."""
+
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    min_size: int | None = None  # reduced-size JPEG decode down to this (None: full decode)
+    preprocessing: EvalPreprocessing | None = None  # resize/crop each image at request time
+
+
+_REQUEST_DECODING: RequestDecoding | None = None
+
+
+def configure_request_decoding(settings: ServingSettings, preprocessing: EvalPreprocessing) -> None:
+    """Decode and resize/crop uploads for the loaded model, during request validation.
+
+    That work then runs on the event loop while the previous batch's forward pass runs in its
+    thread, instead of serially inside the batch.
+    """
+    global _REQUEST_DECODING
+    _REQUEST_DECODING = RequestDecoding(
+        max_pixels=settings.max_image_pixels,
+        min_size=preprocessing.config.resize_size if settings.reduced_jpeg_decode else None,
+        preprocessing=preprocessing,
+    )
+
+
 @functools.cache
-def _configured_max_pixels() -> int:
-    return ServingSettings.from_env().max_image_pixels
+def _decoding_from_env() -> RequestDecoding:
+    return RequestDecoding(max_pixels=ServingSettings.from_env().max_image_pixels)
 
 
 def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
@@ -93,11 +158,15 @@ def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     Runs while BentoML validates each request, before batching: a bad image fails its own
     request with a 400 naming the problem and never reaches a batch shared with others.
     """
+    decoding = _REQUEST_DECODING or _decoding_from_env()
     with telemetry.time_decode():
-        return _decode(value, max_pixels or _configured_max_pixels())
+        image = _decode(value, max_pixels or decoding.max_pixels, decoding.min_size)
+        if decoding.preprocessing is not None:
+            image = decoding.preprocessing.prepare(image)
+        return image
 
 
-def _decode(value: Any, max_pixels: int) -> Image.Image:
+def _decode(value: Any, max_pixels: int, min_size: int | None) -> Image.Image:
     if isinstance(value, Image.Image):
         # In-process callers: same checks and EXIF handling as an upload, decoded now.
         check_pixel_limit(value.width, value.height, max_pixels)
@@ -112,7 +181,7 @@ def _decode(value: Any, max_pixels: int) -> Image.Image:
     if not isinstance(raw, bytes | bytearray):
         raise ImageDecodeError(f"expected an image file upload, got {type(value).__name__}")
     try:
-        return load_image(bytes(raw), max_pixels=max_pixels)
+        return load_image(bytes(raw), max_pixels=max_pixels, min_size=min_size)
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
 

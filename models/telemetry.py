@@ -57,12 +57,12 @@ def install(namespace: str, model_info: dict[str, str]) -> ServiceMetrics:
             ),
             preprocess_seconds=prom.Histogram(
                 f"{namespace}_{PREPROCESS_SECONDS}",
-                "Resize, crop, normalise and stack one batch of decoded images (seconds)",
+                "Assemble one batch: stack and normalise the prepared images (seconds)",
                 buckets=BATCH_BUCKETS,
             ),
             decode_seconds=prom.Histogram(
                 f"{namespace}_{DECODE_SECONDS}",
-                "Decode and validate one uploaded image, before batching (seconds)",
+                "Decode, validate, resize and crop one uploaded image, before batching (seconds)",
                 buckets=DECODE_BUCKETS,
             ),
             predictions=prom.Counter(

@@ -6,7 +6,7 @@ from PIL import Image
 
 from models import PreprocessConfig, create_eval_transform, load_image
 from models.labels import LabelSet, Task
-from models.preprocessing import ImageDecodeError
+from models.preprocessing import EvalPreprocessing, ImageDecodeError
 from models.serving import decode_upload
 from training.data import ImageDataset, Sample
 
@@ -82,3 +82,44 @@ def test_training_evaluation_and_serving_produce_identical_tensors(tmp_path):
 
     assert from_training.shape == (3, 48, 48)
     assert torch.equal(from_training, from_service)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (30, 200), (1, 1)])
+def test_split_preprocessing_is_bit_identical_to_the_eval_transform(crop_mode, size):
+    """The service prepares images at request time and assembles batches in one step; the
+    result must equal what training evaluation computes image by image."""
+    config = PreprocessConfig(input_size=(3, 224, 224), crop_mode=crop_mode, crop_pct=0.95)
+    images = [Image.effect_noise(size, 50).convert("RGB"), Image.new("RGB", size, (200, 10, 90))]
+    expected = torch.stack([create_eval_transform(config)(image) for image in images])
+    steps = EvalPreprocessing(config)
+    prepared = [steps.prepare(image) for image in images]
+    for batch in (steps.to_batch(images), steps.to_batch(prepared)):
+        assert torch.equal(batch, expected)
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert all(steps.is_prepared(image) and image.size == (224, 224) for image in prepared)
+    # Prepared for another input size: prepared again, not passed through.
+    other = EvalPreprocessing(config.model_copy(update={"input_size": (3, 64, 64)}))
+    assert other.to_batch(prepared).shape == (2, 3, 64, 64)
+
+
+def test_to_batch_converts_other_modes_to_rgb():
+    config = PreprocessConfig(input_size=(3, 32, 32))
+    gray = Image.effect_noise((40, 40), 30)
+    expected = create_eval_transform(config)(gray.convert("RGB"))
+    assert torch.equal(EvalPreprocessing(config).to_batch([gray])[0], expected)
+
+
+def test_large_jpegs_decode_at_reduced_size_but_never_below_the_resize_target():
+    photo = Image.effect_noise((1024, 768), 40).convert("RGB")
+    data = _encode(photo, "JPEG", quality=90)
+    assert load_image(data).size == (1024, 768)
+    assert load_image(data, min_size=256).size == (512, 384)  # 1/2: 1/4 would give 192 < 256
+    assert load_image(data, min_size=100).size == (256, 192)  # 1/4: 1/8 would give 96 < 100
+    assert load_image(data, min_size=600).size == (1024, 768)  # no reduction fits
+    # Orientation still applies; other formats are always decoded in full.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = load_image(_encode(photo, "JPEG", exif=exif.tobytes()), min_size=256)
+    assert rotated.size == (384, 512)
+    assert load_image(_encode(photo, "PNG"), min_size=100).size == (1024, 768)

@@ -9,7 +9,14 @@ from pydantic import ValidationError
 
 from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
 from models.preprocessing import ImageDecodeError
-from models.serving import SERVICE_NAME, ServingSettings, decode_upload, load_service_config
+from models.serving import (
+    CPU_MAX_BATCH_SIZE,
+    SERVICE_NAME,
+    ServingSettings,
+    decode_upload,
+    load_service_config,
+    warmup_batch_sizes,
+)
 
 from ..conftest import PROJECT_ROOT
 
@@ -115,3 +122,53 @@ def test_decode_upload_accepts_uploads_and_names_the_bad_file():
         decode_upload(bad)
     with pytest.raises(ImageDecodeError, match="expected an image file upload"):
         decode_upload(12)
+
+
+def test_precision_choices():
+    from models import choose_device
+    from models.predictor import cpu_has_native_bf16
+
+    assert choose_device("cpu", "float32").autocast_dtype is None
+    assert choose_device("cpu", "bfloat16").autocast_dtype is torch.bfloat16
+    auto = choose_device("cpu", "auto").autocast_dtype
+    assert auto is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose_device("cpu", "int8")
+    with pytest.raises(ValidationError, match="precision"):
+        ServingSettings.from_env({"CLASSIFIER_PRECISION": "fp8"})
+
+
+def test_batch_size_defaults_and_warmup_shapes():
+    assert ServingSettings.from_env({"CLASSIFIER_DEVICE": "cpu"}).batch_size_limit() == (
+        CPU_MAX_BATCH_SIZE
+    )
+    assert ServingSettings(max_batch_size=12).batch_size_limit() == 12
+    assert warmup_batch_sizes(8) == (1, 2, 4, 8)
+    assert warmup_batch_sizes(12) == (1, 2, 4, 8, 12)
+    assert warmup_batch_sizes(2) == (1, 2)
+
+
+def test_configured_decoding_prepares_uploads_for_the_model(monkeypatch):
+    """Once the service configures it, request validation decodes large JPEGs at reduced size
+    and resizes/crops to the model's input; the batch then only stacks and normalises."""
+    from models import serving
+    from models.preprocessing import EvalPreprocessing
+
+    monkeypatch.setattr(serving, "_REQUEST_DECODING", None)
+    photo = Image.effect_noise((1024, 768), 40).convert("RGB")
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG")
+    config = PreprocessConfig(input_size=(3, 224, 224), crop_pct=0.875)
+    steps = EvalPreprocessing(config)
+    assert decode_upload(buffer.getvalue()).size == (1024, 768)
+
+    serving.configure_request_decoding(ServingSettings(), steps)
+    prepared = decode_upload(buffer.getvalue())
+    assert prepared.size == (224, 224) and steps.is_prepared(prepared)
+    # The reduced decode (512x384 here) only happens because 384 >= the resize target 256.
+    assert config.resize_size == 256
+
+    serving.configure_request_decoding(ServingSettings(reduced_jpeg_decode=False), steps)
+    full = steps.to_batch([decode_upload(buffer.getvalue())])
+    decoded_in_full = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    assert torch.equal(full, steps.to_batch([decoded_in_full]))

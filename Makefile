@@ -22,7 +22,7 @@ DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
         test-integration lint format clean serve-requirements bento containerize run-image \
-        mlflow-image stack-config
+        mlflow-image stack-config benchmark
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -30,7 +30,7 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,bench]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the pinned dependencies
@@ -94,6 +94,10 @@ COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) 
 stack-config: install ## validate docker-compose.yml (both profiles) with Compose v2 `config`
 	POSTGRES_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
 		$(COMPOSE) --env-file /dev/null config --quiet && echo "docker-compose.yml: valid"
+
+BENCH_ARGS ?=
+benchmark: install ## benchmark the service vs its in-process ceiling, FastAPI and LitServe (BENCH_ARGS=--help)
+	$(PY) -m benchmarks run $(BENCH_ARGS)
 
 test: install ## run the whole test suite (unit, training, integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

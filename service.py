@@ -17,7 +17,7 @@ import bentoml
 from models import telemetry
 from models.bento_import import artifact_dir
 from models.labels import Task
-from models.predictor import Predictor
+from models.predictor import Predictor, TorchThread
 from models.serving import (
     SERVICE_NAME,
     Classification,
@@ -95,12 +95,19 @@ class ImageClassifier:
             mlflow_run_id=labels.get("mlflow_run_id", ""),
         )
         self.metrics = dict(stored.info.metadata.get("metrics", {}))
-        self.predictor = Predictor.from_artifact(
-            artifact_dir(stored), device=SETTINGS.device, precision=SETTINGS.precision
+        # Every torch call (load, warm-up, batches) on one thread: see TorchThread.
+        self.torch_thread = TorchThread()
+        self.predictor = self.torch_thread.call(
+            Predictor.from_artifact,
+            artifact_dir(stored),
+            device=SETTINGS.device,
+            precision=SETTINGS.precision,
         )
         # Request validation decodes (and resizes) uploads before a batch forms: for this model.
         configure_request_decoding(SETTINGS, self.predictor.preprocessing)
-        self.predictor.warmup(batch_sizes=warmup_batch_sizes(MAX_BATCH_SIZE))
+        self.torch_thread.call(
+            self.predictor.warmup, batch_sizes=warmup_batch_sizes(MAX_BATCH_SIZE)
+        )
         telemetry.install(
             namespace=SERVICE_CONFIG.get("metrics", {}).get("namespace", SERVICE_NAME),
             model_info={
@@ -126,8 +133,11 @@ class ImageClassifier:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    def classify(self, images: list[UploadedImage]) -> list[Classification]:
+    async def classify(self, images: list[UploadedImage]) -> list[Classification]:
         """Classify one or more images (multipart field `images`): labels with scores per image."""
+        return await self.torch_thread.run(self._classify_batch, images)
+
+    def _classify_batch(self, images: list[UploadedImage]) -> list[Classification]:
         with telemetry.time_preprocess():
             batch = self.predictor.preprocess(images)
         with telemetry.time_forward():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -23,6 +26,7 @@ from .labels import (
 from .preprocessing import EvalPreprocessing
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -167,3 +171,28 @@ class Predictor:
         elapsed = time.perf_counter() - started
         logger.info("Warm-up (%s) took %.2fs", list(batch_sizes), elapsed)
         return elapsed
+
+
+class TorchThread:
+    """One dedicated thread for every torch call of a loaded model: loading, warm-up, batches.
+
+    torch's CPU thread pool is OpenMP, and each Python thread that runs torch ops gets its own
+    OpenMP team. Once two teams exist they slow each other down: loading a model on one thread
+    and running it on another made batch-1 forwards ~2x slower on a 2-core CPU (efficientnet_b0:
+    34 ms vs 15 ms; docs/performance.md). BentoML builds the service on the worker's main thread
+    and runs sync APIs in a thread pool, so the service routes all its torch work through here.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+
+    def call(self, fn: Callable[..., T], /, *args, **kwargs) -> T:
+        """Run ``fn`` on the torch thread and wait for it (for start-up code)."""
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+    async def run(self, fn: Callable[..., T], /, *args, **kwargs) -> T:
+        """Run ``fn`` on the torch thread without blocking the event loop."""
+        return await asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)

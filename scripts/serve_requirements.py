@@ -17,6 +17,9 @@ from packaging.utils import canonicalize_name
 
 SERVING_ROOTS = (
     "bentoml",
+    # uvicorn (BentoML's server) uses these when installed: a faster event loop and HTTP parser.
+    "httptools",
+    "uvloop",
     "numpy",
     "pillow",
     "pydantic",

@@ -57,10 +57,10 @@ def test_image_serves_the_packaged_model_like_in_process(
     from models.predictor import Predictor
 
     images = png_images[::4]
+    # The image's defaults (precision auto: bf16 on CPUs with native bf16) and one image per
+    # batch, as the sequential requests below are served.
     predictor = Predictor.from_artifact(artifact_dir(single_label_bento), device="cpu")
-    expected = predictor.decode(predictor.scores(predictor.preprocess(
-        [Image.open(path) for path in images]
-    )))  # fmt: skip
+    expected = [predictor.predict([Image.open(path)])[0] for path in images]
     # No CLASSIFIER_* settings: the image's defaults find the model packaged in its Bento.
     with running_container(docker_env, classifier_image, docker_network) as (name, url):
         with bentoml.SyncHTTPClient(url) as client:

@@ -28,7 +28,7 @@ def multi_server(multi_label_bento, session_dir):
 
 
 def _in_process(bento_model, paths, **kwargs):
-    predictor = Predictor.from_artifact(artifact_dir(bento_model), device="cpu")
+    predictor = Predictor.from_artifact(artifact_dir(bento_model), "cpu", "float32")
     return [
         [(p.label, p.score) for p in row]
         for row in predictor.predict([load_image(p) for p in paths], **kwargs)

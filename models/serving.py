@@ -157,7 +157,9 @@ def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     """Turn one uploaded file into a fully decoded RGB image, or raise ``ValueError``.
 
     Runs while BentoML validates each request, before batching: a bad image fails its own
-    request with a 400 naming the problem and never reaches a batch shared with others.
+    request with a 400 naming the problem and never reaches a batch shared with others. Once
+    the service has called :func:`configure_request_decoding`, large JPEGs decode at reduced
+    size and the image comes back already resized and cropped to the model's input.
     """
     decoding = _REQUEST_DECODING or _decoding_from_env()
     with telemetry.time_decode():

@@ -71,23 +71,24 @@ def markdown(results: dict) -> str:
         "",
     ]
     for model in results["models"]:
-        c = model["ceiling"]
+        lines += [f"## {model['architecture']}", "", f"Model runs on {model['plan']}.", ""]
+        if c := model.get("ceiling"):
+            lines += [
+                f"Ceiling (in-process, same model and preprocessing): "
+                f"**{c['ceiling_images_per_s']} img/s** at batch {c['best_batch_size']} "
+                f"(by batch size: {c['images_per_s_by_batch']}); single image "
+                f"{c['single_image_ms_p50']} ms (decode + preprocess + forward, p50).",
+                "Re-measured right before each server (×ceiling uses this one): "
+                + ", ".join(
+                    f"{s['name']} {s['ceiling']['ceiling_images_per_s']} img/s / "
+                    f"{s['ceiling']['single_image_ms_p50']} ms"
+                    for s in model["servers"]
+                    if s.get("ceiling")
+                )
+                + ".",
+                "",
+            ]
         lines += [
-            f"## {model['architecture']}",
-            "",
-            f"Ceiling (in-process, same model and preprocessing, {model['plan']}): "
-            f"**{c['ceiling_images_per_s']} img/s** at batch {c['best_batch_size']} "
-            f"(by batch size: {c['images_per_s_by_batch']}); single image "
-            f"{c['single_image_ms_p50']} ms (decode + preprocess + forward, p50).",
-            "Re-measured right before each server (×ceiling uses this one): "
-            + ", ".join(
-                f"{s['name']} {s['ceiling']['ceiling_images_per_s']} img/s / "
-                f"{s['ceiling']['single_image_ms_p50']} ms"
-                for s in model["servers"]
-                if s.get("ceiling")
-            )
-            + ".",
-            "",
             "| server | C | req/s | × ceiling | p50 ms | p90 ms | p99 ms | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]

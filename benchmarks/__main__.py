@@ -15,6 +15,8 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--servers",
         type=_csv(str),
-        default=["bentoml", "bentoml-nobatch", "fastapi-naive", "litserve"],
+        default=["bentoml", "bentoml-fp32", "bentoml-nobatch", "fastapi-naive", "litserve"],
         help="servers to compare, comma-separated (default: %(default)s)",
     )
     run.add_argument(
@@ -111,6 +113,9 @@ def _isolate(work_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Servers run in their own sessions; turn SIGTERM into SystemExit so the `finally` blocks
+    # that stop them run (Ctrl-C already raises KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tracking_uri = _isolate(args.work_dir.resolve())
 

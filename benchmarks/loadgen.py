@@ -29,6 +29,7 @@ class LoadResult:
     duration_s: float
     ok: int
     errors: dict[str, int] = field(default_factory=dict)
+    unmeasured_errors: dict[str, int] = field(default_factory=dict)  # warm-up and tail
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     client_cpu_s: float = 0.0
 
@@ -46,6 +47,7 @@ class LoadResult:
             "duration_s": round(self.duration_s, 2),
             "ok": self.ok,
             "errors": dict(self.errors),
+            "unmeasured_errors": dict(self.unmeasured_errors),
             "throughput_rps": round(self.throughput, 2),
             "p50_ms": _round(self.percentile(50)),
             "p90_ms": _round(self.percentile(90)),
@@ -83,6 +85,9 @@ async def _worker(session, url, uploads, stop_at, budget, result, lock, record) 
             status = type(exc).__name__
         elapsed_ms = (time.perf_counter() - started) * 1000
         if not record():
+            if status != 200:
+                key = str(status)
+                result.unmeasured_errors[key] = result.unmeasured_errors.get(key, 0) + 1
             continue
         if status == 200:
             result.ok += 1

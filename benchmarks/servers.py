@@ -51,6 +51,13 @@ SERVERS: dict[str, ServerKind] = {
             "/readyz",
         ),
         ServerKind(
+            "bentoml-fp32",
+            "this project's service in fp32 (CLASSIFIER_PRECISION=float32): the same "
+            "precision as the peers",
+            "/readyz",
+            {"CLASSIFIER_PRECISION": "float32"},
+        ),
+        ServerKind(
             "bentoml-nobatch",
             "this project's service with adaptive batching off (CLASSIFIER_BATCHING=false)",
             "/readyz",

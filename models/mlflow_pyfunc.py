@@ -27,7 +27,10 @@ class ImageClassifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from .predictor import Predictor
 
-        self.predictor = Predictor.from_artifact(context.artifacts[ARTIFACT_KEY])
+        # fp32: batch scoring through MLflow gives the exact scores evaluation gave.
+        self.predictor = Predictor.from_artifact(
+            context.artifacts[ARTIFACT_KEY], precision="float32"
+        )
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from .preprocessing import load_image

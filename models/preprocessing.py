@@ -122,7 +122,7 @@ def load_image(
         with Image.open(source) as opened:
             check_pixel_limit(*opened.size, max_pixels)
             opened.seek(0)  # first frame of animated images
-            if min_size and opened.format == "JPEG":
+            if min_size and opened.format in ("JPEG", "MPO"):  # MPO: many phone cameras
                 opened.draft(opened.mode, (min_size, min_size))
             image = ImageOps.exif_transpose(opened)
             return image.convert("RGB")
@@ -164,11 +164,17 @@ class EvalPreprocessing:
             return image
         for step in self._geometry:
             image = step(image)
-        image.info[_PREPARED] = self._key
+        # A Python attribute, not ``image.info``: file metadata (a PNG text chunk) lands in
+        # ``info``, and a client must not be able to claim its upload is already prepared.
+        setattr(image, _PREPARED, self._key)
         return image
 
     def is_prepared(self, image: Image.Image) -> bool:
-        return image.info.get(_PREPARED) == self._key
+        prepared_for = getattr(image, _PREPARED, None)
+        if prepared_for is not None and prepared_for != self._key:
+            # Prepared (cropped) for another model: preparing again would silently crop twice.
+            raise ValueError("image was prepared for a different model's preprocessing")
+        return prepared_for == self._key
 
     def to_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Normalised float batch; images not yet prepared are prepared here."""
@@ -178,8 +184,8 @@ class EvalPreprocessing:
         return batch.float().div_(255).sub_(self._mean).div_(self._std)
 
 
-# Key in PIL's per-image ``info`` dict recording the preprocessing an image was prepared for.
-_PREPARED = "image_classifier.prepared_for"
+# Attribute set on images prepared by EvalPreprocessing: the preprocessing they were prepared for.
+_PREPARED = "_image_classifier_prepared_for"
 
 
 def _rgb(image: Image.Image) -> Image.Image:

@@ -45,6 +45,9 @@ def test_bf16_and_reduced_decode_agree_with_fp32_full_decode(
     fast = Predictor.from_artifact(single_label_run.artifact_dir, "cpu", "bfloat16")
     assert fast.plan.autocast_dtype is torch.bfloat16
 
+    if reduced_decode:  # the photo-sized inputs really take the reduced path
+        resize_size = fast.spec.preprocessing.resize_size
+        assert max(load_image(jpegs[1], min_size=resize_size).size) < 768
     reference = _top1(exact, [load_image(data) for data in jpegs])
     configure_request_decoding(
         ServingSettings(reduced_jpeg_decode=reduced_decode), fast.preprocessing

@@ -98,9 +98,25 @@ def test_split_preprocessing_is_bit_identical_to_the_eval_transform(crop_mode, s
         assert torch.equal(batch, expected)
         assert batch.is_contiguous(memory_format=torch.channels_last)
     assert all(steps.is_prepared(image) and image.size == (224, 224) for image in prepared)
-    # Prepared for another input size: prepared again, not passed through.
+    # Prepared for another model: refused, not cropped a second time.
     other = EvalPreprocessing(config.model_copy(update={"input_size": (3, 64, 64)}))
-    assert other.to_batch(prepared).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="different model"):
+        other.to_batch(prepared)
+
+
+def test_uploads_cannot_claim_to_be_prepared():
+    """File metadata must not mark an upload as already resized and cropped."""
+    from PIL import PngImagePlugin
+
+    config = PreprocessConfig(input_size=(3, 32, 32))
+    steps = EvalPreprocessing(config)
+    text = PngImagePlugin.PngInfo()
+    for key in ("image_classifier.prepared_for", "_image_classifier_prepared_for"):
+        text.add_text(key, config.model_dump_json())
+    upload = _encode(Image.new("RGB", (500, 375)), "PNG", pnginfo=text)
+    decoded = load_image(upload)
+    assert not steps.is_prepared(decoded)
+    assert steps.to_batch([decoded]).shape == (1, 3, 32, 32)
 
 
 def test_to_batch_converts_other_modes_to_rgb():

@@ -8,7 +8,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
-from models.preprocessing import ImageDecodeError
+from models.preprocessing import ImageDecodeError, load_image
 from models.serving import (
     CPU_MAX_BATCH_SIZE,
     SERVICE_NAME,
@@ -165,8 +165,13 @@ def test_configured_decoding_prepares_uploads_for_the_model(monkeypatch):
     serving.configure_request_decoding(ServingSettings(), steps)
     prepared = decode_upload(buffer.getvalue())
     assert prepared.size == (224, 224) and steps.is_prepared(prepared)
-    # The reduced decode (512x384 here) only happens because 384 >= the resize target 256.
+    # It went through the reduced decode (512x384: 384 >= the resize target 256), not a full one.
     assert config.resize_size == 256
+    reduced = load_image(buffer.getvalue(), min_size=256)
+    assert reduced.size == (512, 384)
+    assert torch.equal(steps.to_batch([prepared]), steps.to_batch([reduced]))
+    full_decode = steps.to_batch([Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")])
+    assert not torch.equal(steps.to_batch([prepared]), full_decode)
 
     serving.configure_request_decoding(ServingSettings(reduced_jpeg_decode=False), steps)
     full = steps.to_batch([decode_upload(buffer.getvalue())])

@@ -92,35 +92,45 @@ def _ready(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[tuple[str, float]]:
-    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready)``."""
-    port = free_port()
-    env = {**os.environ, "CLASSIFIER_MODEL_TAG": model.bento_tag, **kind.env}
+def server_process(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    ready_url: str,
+    what: str,
+    timeout_s: float = READY_TIMEOUT_S,
+) -> Iterator[float]:
+    """Run ``command`` (a server) in its own session from the project root, output to
+    ``log_path``; yield the seconds it took until ``ready_url`` answered 200. On exit the whole
+    process group gets SIGTERM (SIGKILL after 30 s). Raises, with the log's tail, if the server
+    exits or is not ready within ``timeout_s``. Used by the benchmark and the integration tests.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            kind.command(model, port),
+            command,
             cwd=PROJECT_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
-        while not _ready(base + kind.ready_path):
+        while not _ready(ready_url):
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"{kind.name} exited with {proc.returncode}; log {log_path}:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
+                    f"{what} exited with {proc.returncode}; log {log_path}:\n"
+                    + log_path.read_text(errors="replace")[-4000:]
                 )
-            if time.perf_counter() - started > READY_TIMEOUT_S:
+            if time.perf_counter() - started > timeout_s:
                 raise TimeoutError(
-                    f"{kind.name} not ready after {READY_TIMEOUT_S}s; see {log_path}"
+                    f"{what} not ready after {timeout_s}s; log {log_path}:\n"
+                    + log_path.read_text(errors="replace")[-4000:]
                 )
             time.sleep(0.5)
-        yield base, time.perf_counter() - started
+        yield time.perf_counter() - started
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -129,3 +139,18 @@ def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[tup
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[tuple[str, float]]:
+    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready)``."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with server_process(
+        kind.command(model, port),
+        env={**os.environ, "CLASSIFIER_MODEL_TAG": model.bento_tag, **kind.env},
+        log_path=log_path,
+        ready_url=base + kind.ready_path,
+        what=kind.name,
+    ) as ready_s:
+        yield base, ready_s

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-from ..conftest import PROJECT_ROOT
-from ..support.ready import wait_until_ready
+from benchmarks.servers import free_port, server_process
 
 READY_TIMEOUT_S = 180
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["bentoml_server", "free_port"]
 
 
 @contextlib.contextmanager
@@ -36,38 +28,15 @@ def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | N
         **(extra_env or {}),
     }
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                str(bentoml_cli),
-                "serve",
-                "service:ImageClassifier",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [str(bentoml_cli), "serve", "service:ImageClassifier",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(
-            url,
-            what="bentoml serve",
-            timeout_s=READY_TIMEOUT_S,
-            exit_status=proc.poll,
-            logs=lambda: log_path.read_text()[-4000:],
-        )
+    with server_process(
+        command,
+        env=env,
+        log_path=log_path,
+        ready_url=f"{url}/readyz",
+        what="bentoml serve",
+        timeout_s=READY_TIMEOUT_S,
+    ):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

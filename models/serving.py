@@ -29,8 +29,8 @@ from .preprocessing import (
 ENV_PREFIX = "CLASSIFIER_"
 SERVICE_NAME = "image_classifier"
 # Default largest batches. CPU: per-image throughput peaks around batch 8-16 and falls beyond
-# (caches); served, 16 beat 8 by ~7% at C=32 (docs/performance.md). CUDA: large batches keep
-# the GPU busy.
+# (caches); served at C=32, 16 beat 8 by ~7% in 2 A/B rounds, within run-to-run drift
+# (docs/performance.md). CUDA: large batches keep the GPU busy (not measured here).
 CPU_MAX_BATCH_SIZE = 16
 CUDA_MAX_BATCH_SIZE = 32
 

@@ -70,6 +70,10 @@ IMAGE_ENVS = [
     {"name": "SSL_CERT_FILE", "value": _CA_BUNDLE},
     {"name": "PIP_CERT", "value": _CA_BUNDLE},
     {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+    # uv installs through a throw-away cache on the layer's own filesystem (hard links) instead of
+    # BentoML's BuildKit cache mount, where torch's ~6 GB is copied and then kept: a build needs
+    # half the disk. CI machines have run out of disk there.
+    {"name": "UV_NO_CACHE", "value": "1"},
     # The image serves the model packaged at build time, whatever its name (override with -e).
     {"name": "CLASSIFIER_MODEL_TAG", "value": SETTINGS.model_tag},
 ]

@@ -7,6 +7,7 @@ tier alone.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(item.fspath).relative_to(PROJECT_ROOT / "tests").parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_unconfigure(config):
+    # Each session leaves ~0.5 GB (stores, registry, data); keep it only when asked to debug.
+    if not os.environ.get("KEEP_TEST_SESSION_DIR"):
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

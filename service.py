@@ -13,20 +13,24 @@ import logging
 from pathlib import Path
 
 import bentoml
+from PIL import Image
 
 from models import telemetry
+from models.artifact import ArtifactError, check_artifact
 from models.bento_import import artifact_dir
 from models.labels import Task
 from models.predictor import Predictor, TorchThread
+from models.request_guard import RequestGuard
 from models.serving import (
     SERVICE_NAME,
     Classification,
     ModelMetadata,
     ModelRef,
     ServingSettings,
-    UploadedImage,
+    UploadedImages,
     configure_request_decoding,
     load_service_config,
+    reject_unparseable_requests,
     warmup_batch_sizes,
 )
 
@@ -79,18 +83,34 @@ IMAGE_ENVS = [
 ]
 
 
+SERVED_MODEL = bentoml.models.BentoModel(SETTINGS.model_tag)
+if SERVED_MODEL.stored is None:
+    # Checked on import: otherwise BentoML fails later, trying to download it from BentoCloud.
+    # (Inside a Bento the store is the Bento's own, so the packaged model is found.)
+    raise RuntimeError(
+        f"model {SETTINGS.model_tag} is not in the BentoML store; import one with "
+        "`python -m models import models:/image-classifier@champion` or set "
+        "CLASSIFIER_MODEL_TAG"
+    )
+try:
+    # Also on import, in the server's main process: a damaged model stops `bentoml serve` with
+    # this message, instead of worker processes failing (and being restarted) one after another.
+    check_artifact(artifact_dir(SERVED_MODEL.stored))
+except ArtifactError as exc:
+    raise RuntimeError(
+        f"model {SERVED_MODEL.stored.tag} in the BentoML store ({SERVED_MODEL.stored.path}) is "
+        f"damaged: {exc}. Re-import it (`python -m models import ...`) or serve another "
+        "CLASSIFIER_MODEL_TAG"
+    ) from None
+
+
 @bentoml.service(name=SERVICE_NAME, image=IMAGE, envs=IMAGE_ENVS, **SERVICE_CONFIG)
 class ImageClassifier:
-    bento_model = bentoml.models.BentoModel(SETTINGS.model_tag)
+    bento_model = SERVED_MODEL
 
     def __init__(self) -> None:
         stored = type(self).bento_model.stored
-        if stored is None:
-            raise RuntimeError(
-                f"model {SETTINGS.model_tag} is not in the BentoML store; import one with "
-                "`python -m models import models:/image-classifier@champion` or set "
-                "CLASSIFIER_MODEL_TAG"
-            )
+        assert stored is not None  # checked on import
         labels = stored.info.labels
         self.model_ref = ModelRef(
             tag=str(stored.tag),
@@ -101,12 +121,20 @@ class ImageClassifier:
         self.metrics = dict(stored.info.metadata.get("metrics", {}))
         # Every torch call (load, warm-up, batches) on one thread: see TorchThread.
         self.torch_thread = TorchThread()
-        self.predictor = self.torch_thread.call(
-            Predictor.from_artifact,
-            artifact_dir(stored),
-            device=SETTINGS.device,
-            precision=SETTINGS.precision,
-        )
+        try:
+            self.predictor = self.torch_thread.call(
+                Predictor.from_artifact,
+                artifact_dir(stored),
+                device=SETTINGS.device,
+                precision=SETTINGS.precision,
+            )
+        except Exception as exc:
+            # Never come up "ready" with a broken model: fail start-up, saying what to fix.
+            raise RuntimeError(
+                f"model {stored.tag} in the BentoML store ({stored.path}) could not be loaded: "
+                f"{type(exc).__name__}: {exc}. Re-import it (`python -m models import ...`) "
+                "or serve another CLASSIFIER_MODEL_TAG"
+            ) from exc
         # Request validation decodes (and resizes) uploads before a batch forms: for this model.
         configure_request_decoding(SETTINGS, self.predictor.preprocessing)
         self.torch_thread.call(
@@ -137,11 +165,11 @@ class ImageClassifier:
         max_batch_size=MAX_BATCH_SIZE,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    async def classify(self, images: list[UploadedImage]) -> list[Classification]:
+    async def classify(self, images: UploadedImages) -> list[Classification]:
         """Classify one or more images (multipart field `images`): labels with scores per image."""
         return await self.torch_thread.run(self._classify_batch, images)
 
-    def _classify_batch(self, images: list[UploadedImage]) -> list[Classification]:
+    def _classify_batch(self, images: list[Image.Image]) -> list[Classification]:
         with telemetry.time_preprocess():
             batch = self.predictor.preprocess(images)
         with telemetry.time_forward():
@@ -172,3 +200,10 @@ class ImageClassifier:
             max_batch_size=MAX_BATCH_SIZE,
             max_latency_ms=SETTINGS.max_latency_ms,
         )
+
+
+# API keys and the body limit, checked before a request body is read (models/request_guard.py).
+ImageClassifier.add_asgi_middleware(
+    RequestGuard, api_keys=SETTINGS.api_key_list(), max_body_bytes=SETTINGS.max_request_bytes
+)
+reject_unparseable_requests(ImageClassifier.apis["classify"])

@@ -95,6 +95,26 @@ def read_spec(directory: str | Path) -> ModelSpec:
         raise ArtifactError(f"{path} is not a valid model spec: {exc}") from exc
 
 
+def check_artifact(directory: str | Path) -> ModelSpec:
+    """Cheap integrity check without building the model: the spec parses and the weights file
+    is complete (its header and the sizes it declares match the file). Raises ``ArtifactError``.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    spec = read_spec(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing")
+    try:
+        with safe_open(str(weights), framework="pt") as tensors:
+            if not list(tensors.keys()):
+                raise ArtifactError(f"{weights} holds no tensors")
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{weights} is damaged: {exc}") from exc
+    return spec
+
+
 def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     """Rebuild the model (in eval mode, on CPU) and its spec from an artifact directory."""
     from safetensors import SafetensorError

@@ -21,6 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 # Refuse images whose decoded size would be absurd (decompression bombs); 50 megapixels covers
 # any real photo while bounding memory to ~150 MB per decoded RGB image.
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# Refuse images more elongated than this. Resizing scales the short side to the model's size, so
+# a 65535x1 image (few pixels, under any pixel limit) would become ~65535*256 x 256 in memory;
+# 32:1 still admits any panorama (a 256-px resize target then costs at most 8192x256).
+DEFAULT_MAX_ASPECT_RATIO = 32.0
+# The formats we decode. Pillow identifies ~40 more (EPS hands files to Ghostscript, PSD, ICO,
+# ...); a classifier needs none of them and each is more parser exposed to uploads.
+# (Multi-picture JPEGs from phones, format "MPO", open through the JPEG plugin.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageDecodeError(ValueError):
@@ -89,11 +97,25 @@ def create_train_transform(
     )
 
 
-def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
-    """Refuse images whose decoded size would exceed ``max_pixels``."""
+def check_pixel_limit(
+    width: int,
+    height: int,
+    max_pixels: int,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> None:
+    """Refuse images whose decoded size would exceed ``max_pixels`` or that are so elongated
+    (``max_aspect_ratio``) that resizing them to the model's input would be huge."""
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image is {width}x{height}: it has no pixels")
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    ratio = max(width, height) / min(width, height)
+    if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+        raise ImageDecodeError(
+            f"image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, over the limit of "
+            f"{max_aspect_ratio:g}:1"
         )
 
 
@@ -101,8 +123,12 @@ def load_image(
     source: bytes | str | Path | io.IOBase,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     min_size: int | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode ``source`` fully into an RGB image, applying EXIF orientation.
+
+    Only :data:`ACCEPTED_FORMATS` are decoded; animated images give their first frame; 16-bit
+    images are scaled to 8 bits (not clipped).
 
     With ``min_size``, a JPEG much larger than needed is decoded at a reduced scale (1/2, 1/4 or
     1/8, done by libjpeg in the DCT domain) that keeps both sides >= ``min_size``: a 1024x768
@@ -119,21 +145,48 @@ def load_image(
             raise ImageDecodeError("empty upload: 0 bytes")
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as opened:
-            check_pixel_limit(*opened.size, max_pixels)
+        with Image.open(source, formats=ACCEPTED_FORMATS) as opened:
+            check_pixel_limit(*opened.size, max_pixels, max_aspect_ratio)
             opened.seek(0)  # first frame of animated images
             if min_size and opened.format in ("JPEG", "MPO"):  # MPO: many phone cameras
                 opened.draft(opened.mode, (min_size, min_size))
             image = ImageOps.exif_transpose(opened)
-            return image.convert("RGB")
+            return to_rgb(image)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(_unrecognised_format_reason(source)) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except Exception as exc:  # PIL raises many types (struct.error, IndexError, ...) on bad input
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def _unrecognised_format_reason(source: str | Path | io.IOBase) -> str:
+    """Name the format of a file Pillow knows but we do not accept, for the error message."""
+    accepted = ", ".join(ACCEPTED_FORMATS)
+    try:
+        if isinstance(source, io.IOBase):
+            source.seek(0)
+        with Image.open(source) as other:  # header only: nothing is decoded
+            return f"unsupported image format {other.format}; accepted: {accepted}"
+    except Exception:
+        return f"not a recognised image format; accepted: {accepted}"
+
+
+# 16-bit and 32-bit single-channel modes: ``convert("RGB")`` clips them at 255 (a 16-bit PNG
+# turns white), so they are scaled down first.
+_WIDE_GRAYSCALE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB (16-bit grayscale scaled, not clipped)."""
+    if image.mode in _WIDE_GRAYSCALE_MODES:
+        pixels = np.asarray(image, dtype=np.int64)
+        if image.mode != "I" or pixels.max(initial=0) > 255:  # mode "I" may hold 8-bit values
+            pixels = np.clip(pixels, 0, 65535) // 257
+        image = Image.fromarray(pixels.astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 class EvalPreprocessing:
@@ -189,4 +242,4 @@ _PREPARED = "_image_classifier_prepared_for"
 
 
 def _rgb(image: Image.Image) -> Image.Image:
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image if image.mode == "RGB" else to_rgb(image)

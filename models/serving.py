@@ -14,16 +14,18 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from PIL import Image, ImageOps
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from . import telemetry
 from .labels import LabelScore
 from .preprocessing import (
+    DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_IMAGE_PIXELS,
     EvalPreprocessing,
     ImageDecodeError,
     check_pixel_limit,
     load_image,
+    to_rgb,
 )
 
 ENV_PREFIX = "CLASSIFIER_"
@@ -87,6 +89,24 @@ class ServingSettings(BaseModel):
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="reject images with more pixels than this"
     )
+    max_aspect_ratio: float = Field(
+        DEFAULT_MAX_ASPECT_RATIO,
+        ge=1,
+        description="reject images more elongated than this (long side / short side)",
+    )
+    max_images_per_request: int = Field(
+        64, ge=1, description="reject requests with more images than this (400)"
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="reject request bodies larger than this (413), before reading them",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated API keys; when set, every endpoint but health, metrics "
+        "and the API docs needs `Authorization: Bearer <key>` or `X-API-Key: <key>` (401)",
+    )
     reduced_jpeg_decode: bool = Field(
         True,
         description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when still >= the model's "
@@ -102,15 +122,30 @@ class ServingSettings(BaseModel):
         on_cuda = self.device != "cpu" and torch.cuda.is_available()
         return CUDA_MAX_BATCH_SIZE if on_cuda else CPU_MAX_BATCH_SIZE
 
+    def api_key_list(self) -> list[str]:
+        if self.api_keys is None:
+            return []
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
+        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             key = f"{ENV_PREFIX}{name.upper()}"
             if key in environ:
                 values[name] = environ[key]
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"
+                if error["loc"]
+                else error["msg"]
+                for error in exc.errors()
+            )
+            raise ValueError(f"invalid serving configuration: {problems}") from None
 
 
 def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -127,6 +162,8 @@ class RequestDecoding:
     """How request validation decodes uploads; the service sets it once its model is loaded."""
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    max_images: int = 64
     min_size: int | None = None  # reduced-size JPEG decode down to this (None: full decode)
     preprocessing: EvalPreprocessing | None = None  # resize/crop each image at request time
 
@@ -143,6 +180,8 @@ def configure_request_decoding(settings: ServingSettings, preprocessing: EvalPre
     global _REQUEST_DECODING
     _REQUEST_DECODING = RequestDecoding(
         max_pixels=settings.max_image_pixels,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_images=settings.max_images_per_request,
         min_size=preprocessing.config.resize_size if settings.reduced_jpeg_decode else None,
         preprocessing=preprocessing,
     )
@@ -150,7 +189,16 @@ def configure_request_decoding(settings: ServingSettings, preprocessing: EvalPre
 
 @functools.cache
 def _decoding_from_env() -> RequestDecoding:
-    return RequestDecoding(max_pixels=ServingSettings.from_env().max_image_pixels)
+    settings = ServingSettings.from_env()
+    return RequestDecoding(
+        max_pixels=settings.max_image_pixels,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_images=settings.max_images_per_request,
+    )
+
+
+def _current_decoding() -> RequestDecoding:
+    return _REQUEST_DECODING or _decoding_from_env()
 
 
 def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
@@ -161,20 +209,24 @@ def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
     the service has called :func:`configure_request_decoding`, large JPEGs decode at reduced
     size and the image comes back already resized and cropped to the model's input.
     """
-    decoding = _REQUEST_DECODING or _decoding_from_env()
+    decoding = _current_decoding()
     with telemetry.time_decode():
-        image = _decode(value, max_pixels or decoding.max_pixels, decoding.min_size)
+        image = _decode(
+            value, max_pixels or decoding.max_pixels, decoding.max_aspect_ratio, decoding.min_size
+        )
         if decoding.preprocessing is not None:
             image = decoding.preprocessing.prepare(image)
         return image
 
 
-def _decode(value: Any, max_pixels: int, min_size: int | None) -> Image.Image:
+def _decode(
+    value: Any, max_pixels: int, max_aspect_ratio: float, min_size: int | None
+) -> Image.Image:
     if isinstance(value, Image.Image):
         # In-process callers: same checks and EXIF handling as an upload, decoded now.
-        check_pixel_limit(value.width, value.height, max_pixels)
+        check_pixel_limit(value.width, value.height, max_pixels, max_aspect_ratio)
         try:
-            return ImageOps.exif_transpose(value).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(value))
         except Exception as exc:
             raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     name = getattr(value, "filename", None)
@@ -184,12 +236,60 @@ def _decode(value: Any, max_pixels: int, min_size: int | None) -> Image.Image:
     if not isinstance(raw, bytes | bytearray):
         raise ImageDecodeError(f"expected an image file upload, got {type(value).__name__}")
     try:
-        return load_image(bytes(raw), max_pixels=max_pixels, min_size=min_size)
+        return load_image(
+            bytes(raw), max_pixels=max_pixels, min_size=min_size, max_aspect_ratio=max_aspect_ratio
+        )
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
 
 
 UploadedImage = Annotated[Image.Image, BeforeValidator(decode_upload)]
+
+
+def check_image_count(value: Any) -> Any:
+    """Refuse an empty request, or one with more images than configured, before decoding any."""
+    if isinstance(value, list | tuple):
+        limit = _current_decoding().max_images
+        if not value:
+            raise ValueError("no images: send at least one file in the `images` field")
+        if len(value) > limit:
+            raise ValueError(f"{len(value)} images in one request, over the limit of {limit}")
+    return value
+
+
+UploadedImages = Annotated[list[UploadedImage], BeforeValidator(check_image_count)]
+
+
+def reject_unparseable_requests(method: Any) -> None:
+    """Answer requests BentoML cannot parse with 400, not 500.
+
+    BentoML's multipart parser raises on, e.g., a file sent under another field name (it
+    JSON-decodes the bytes) or a malformed multipart body, and reports it as a server error.
+    ``method`` is a BentoML API method (``Service.apis[name]``); its input model is replaced by
+    a subclass (same fields and schema) whose parsing turns those errors into ``BadInput``.
+    """
+    from bentoml.exceptions import BadInput
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    spec = method.input_spec
+
+    class ParsedInput(spec):  # type: ignore[misc, valid-type]
+        @classmethod
+        async def from_http_request(cls, request: Any, serde: Any) -> Any:
+            try:
+                return await super().from_http_request(request, serde)
+            except UnicodeDecodeError:
+                raise BadInput(
+                    "malformed request: a field holds binary data where text was expected; "
+                    "send images as files in the `images` field"
+                ) from None
+            except (MultiPartException, HTTPException) as exc:
+                reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+                raise BadInput(f"malformed request: {reason}") from None
+
+    ParsedInput.__name__ = ParsedInput.__qualname__ = spec.__name__
+    method.input_spec = ParsedInput
 
 
 class ModelRef(BaseModel):

@@ -1,0 +1,404 @@
+"""Bad input, API keys, overload, time limits, shutdown and start-up faults, against a real
+`bentoml serve` (docs/reliability.md lists each case and the test that checks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from models import Predictor, load_image
+from models.bento_import import artifact_dir
+
+from .conftest import bentoml_server, free_port
+
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LIMITS = {
+    "CLASSIFIER_API_KEYS": f"previous-key,{API_KEY}",
+    "CLASSIFIER_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
+    "CLASSIFIER_MAX_IMAGES_PER_REQUEST": "8",
+    "CLASSIFIER_MAX_IMAGE_PIXELS": "4000000",
+}
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _photo(size=(96, 72), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def guarded_server(single_label_bento, session_dir):
+    """API keys on and small limits, so every limit can be crossed cheaply."""
+    with bentoml_server(
+        str(single_label_bento.tag), session_dir / "serve-guarded.log", extra_env=LIMITS
+    ) as url:
+        yield url
+
+
+def _post(url, files, headers=AUTH, **kwargs):
+    return requests.post(f"{url}/classify", files=files, headers=headers, timeout=60, **kwargs)
+
+
+def _jpeg() -> bytes:
+    return _encode(_photo(), "JPEG")
+
+
+def _png() -> bytes:
+    return _encode(_photo(), "PNG")
+
+
+BAD_UPLOADS = {
+    "text file": (("notes.txt", b"hello", "text/plain"), 400, "not a recognised image format"),
+    "zero bytes": (("empty.jpg", b"", "image/jpeg"), 400, "empty upload: 0 bytes"),
+    "truncated JPEG": (("cut.jpg", _jpeg()[:400], "image/jpeg"), 400, "corrupt or truncated"),
+    "truncated PNG": (("cut.png", _png()[:300], "image/png"), 400, "corrupt or truncated"),
+    "unsupported format (PPM)": (
+        ("x.ppm", _encode(_photo(), "PPM"), "image/x-portable-pixmap"),
+        400,
+        "unsupported image format PPM",
+    ),
+    # ~10 kB on the wire, 100 megapixels decoded.
+    "decompression bomb": (
+        ("bomb.png", _encode(Image.new("L", (10_000, 10_000)), "PNG"), "image/png"),
+        400,
+        "over the limit of 4000000",
+    ),
+    "absurd aspect ratio": (
+        ("line.png", _encode(Image.new("L", (65_535, 1)), "PNG"), "image/png"),
+        400,
+        "aspect ratio of 65535:1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_a_4xx_naming_the_problem(guarded_server, case):
+    upload, status, message = BAD_UPLOADS[case]
+    response = _post(guarded_server, {"images": upload})
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert upload[0] in response.text  # names the file
+    assert response.headers["content-type"].startswith("application/json")
+
+
+def test_request_level_mistakes_are_4xx(guarded_server):
+    url = guarded_server
+    tiny = ("a.png", _encode(_photo((8, 8)), "PNG"), "image/png")
+    too_many = _post(url, [("images", tiny)] * 9)
+    assert too_many.status_code == 400 and "9 images in one request, over the limit of 8" in (
+        too_many.text
+    )
+    wrong_field = _post(url, {"image": tiny})
+    assert wrong_field.status_code == 400 and "images" in wrong_field.text
+    no_body = requests.post(f"{url}/classify", headers=AUTH, timeout=30)
+    assert no_body.status_code == 400
+    # Not multipart: JSON naming strings instead of files, and a raw JPEG body.
+    as_json = requests.post(
+        f"{url}/classify", json={"images": ["cat.jpg"]}, headers=AUTH, timeout=30
+    )
+    assert as_json.status_code == 400 and "expected an image file upload" in as_json.text
+    raw = requests.post(
+        f"{url}/classify",
+        data=_jpeg(),
+        headers={**AUTH, "Content-Type": "image/jpeg"},
+        timeout=30,
+    )
+    assert 400 <= raw.status_code < 500, raw.text
+
+
+def test_oversize_bodies_get_413_before_being_read(guarded_server):
+    big = os.urandom(3 * 1024 * 1024)
+    declared = _post(guarded_server, {"images": ("big.jpg", big, "image/jpeg")})
+    assert declared.status_code == 413
+    assert "over the limit of 2097152 bytes" in declared.text
+
+    boundary = "robustness-test-boundary-7f3a"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+        f'filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode()
+        + big
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+    def chunked():  # no Content-Length: counted while it streams
+        for start in range(0, len(body), 256 * 1024):
+            yield body[start : start + 256 * 1024]
+
+    streamed = requests.post(
+        f"{guarded_server}/classify",
+        data=chunked(),
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        timeout=60,
+    )
+    assert streamed.status_code == 413, streamed.text
+
+
+def test_odd_but_valid_images_are_classified_like_in_process(guarded_server, single_label_bento):
+    photo = _photo((120, 90), seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise
+    wide_16bit = (np.arange(400 * 40, dtype=np.uint32).reshape(40, 400) * 4).astype(np.uint16)
+    frames = [_photo((64, 64), seed=s) for s in (4, 5)]
+    animated = io.BytesIO()
+    frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    odd = {
+        "grayscale.png": _encode(photo.convert("L"), "PNG"),
+        "palette.png": _encode(photo.convert("P"), "PNG"),
+        "rgba.png": _encode(photo.convert("RGBA"), "PNG"),
+        "16bit-wide.png": _encode(Image.fromarray(wide_16bit), "PNG"),
+        "cmyk.jpg": _encode(photo.convert("CMYK"), "JPEG"),
+        "progressive.jpg": _encode(photo, "JPEG", progressive=True),
+        "rotated.jpg": _encode(photo, "JPEG", exif=exif.tobytes()),
+        "animated.gif": animated.getvalue(),
+        "tiny.png": _encode(Image.new("RGB", (1, 1), "red"), "PNG"),
+        "panorama.webp": _encode(_photo((1600, 60), seed=6), "WEBP"),
+        "scan.tiff": _encode(photo, "TIFF"),
+        "bitmap.bmp": _encode(photo, "BMP"),
+    }
+    response = _post(guarded_server, [("images", (name, data)) for name, data in odd.items()][:8])
+    rest = _post(guarded_server, [("images", (name, data)) for name, data in odd.items()][8:])
+    assert response.status_code == 200, response.text
+    assert rest.status_code == 200, rest.text
+    served = [item["labels"][0]["label"] for item in response.json() + rest.json()]
+
+    predictor = Predictor.from_artifact(artifact_dir(single_label_bento), "cpu", "float32")
+    expected = [row[0].label for row in predictor.predict([load_image(d) for d in odd.values()])]
+    assert served == expected
+    assert load_image(odd["rotated.jpg"]).size == (90, 120)  # orientation applied
+    sixteen = np.asarray(load_image(odd["16bit-wide.png"]))
+    assert 100 < sixteen.mean() < 155  # scaled to 8 bits, not clipped to white
+
+
+def test_bad_requests_do_not_disturb_good_ones_batched_beside_them(
+    guarded_server, single_label_bento, png_images
+):
+    good = png_images[:16]
+    bad = [upload for upload, _, _ in BAD_UPLOADS.values()]
+
+    def call(item):
+        if isinstance(item, Path):
+            return _post(guarded_server, {"images": (item.name, item.read_bytes(), "image/png")})
+        return _post(guarded_server, {"images": item})
+
+    mixed = [x for pair in zip(good, bad + [None] * len(good), strict=False) for x in pair if x]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(call, mixed))
+    pairs = list(zip(mixed, responses, strict=True))
+    good_responses = [r for item, r in pairs if isinstance(item, Path)]
+    bad_responses = [r for item, r in pairs if not isinstance(item, Path)]
+    assert all(r.status_code == 400 for r in bad_responses)
+    assert all(r.status_code == 200 for r in good_responses)
+    predictor = Predictor.from_artifact(artifact_dir(single_label_bento), "cpu", "float32")
+    expected = predictor.predict([load_image(p) for p in good])
+    assert [r.json()[0]["labels"][0]["label"] for r in good_responses] == [
+        row[0].label for row in expected
+    ]
+    assert requests.get(f"{guarded_server}/readyz", timeout=5).status_code == 200
+
+
+def test_api_keys_guard_the_model_but_not_health_metrics_or_docs(guarded_server):
+    url = guarded_server
+    upload = {"images": ("a.png", _encode(_photo((8, 8)), "PNG"), "image/png")}
+    missing = _post(url, upload, headers={})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert _post(url, upload, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert _post(url, upload, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert _post(url, upload, headers={"X-API-Key": "previous-key"}).status_code == 200
+    assert requests.post(f"{url}/metadata", timeout=10).status_code == 401
+    for path in ("/livez", "/healthz", "/readyz", "/metrics", "/docs.json"):
+        assert requests.get(url + path, timeout=10).status_code == 200, path
+    # The BentoML SDK clients send `token` as a bearer token.
+    with bentoml.SyncHTTPClient(url, token=API_KEY) as client:
+        assert client.metadata()["task"] == "single_label"
+    with bentoml.SyncHTTPClient(url) as client, pytest.raises(bentoml.exceptions.BentoMLException):
+        client.metadata()
+
+
+@pytest.fixture(scope="module")
+def tight_server(single_label_bento, session_dir):
+    """Two requests in flight at most, and a 1 s time limit."""
+    options = (
+        "services.image_classifier.traffic.max_concurrency=2 "
+        "services.image_classifier.traffic.timeout=1"
+    )
+    with bentoml_server(
+        str(single_label_bento.tag),
+        session_dir / "serve-tight.log",
+        extra_env={"BENTOML_CONFIG_OPTIONS": options},
+    ) as url:
+        yield url
+
+
+def test_concurrency_over_the_limit_is_refused_quickly(tight_server, png_images):
+    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in png_images[:4]]
+
+    def call(_):
+        started = time.perf_counter()
+        response = requests.post(f"{tight_server}/classify", files=files, timeout=30)
+        return response.status_code, time.perf_counter() - started
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(call, range(48)))
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses.count(429) > 0 and statuses.count(200) > 0
+    refused_in = [elapsed for status, elapsed in results if status == 429]
+    assert max(refused_in) < 2.0, f"429s took up to {max(refused_in):.2f}s"
+    assert requests.get(f"{tight_server}/readyz", timeout=5).status_code == 200
+
+
+def test_requests_over_the_time_limit_get_504(tight_server):
+    # 48 12-megapixel PNGs (120 kB each: smooth patterns) take ~6 s to decode here; limit 1 s.
+    y, x = np.mgrid[0:3000, 0:4000]
+    pattern = np.stack([(x // 16) % 256, (y // 12) % 256, ((x + y) // 20) % 256], axis=-1)
+    big = _encode(Image.fromarray(pattern.astype(np.uint8)), "PNG")
+    files = [("images", (f"{i}.png", big, "image/png")) for i in range(48)]
+    started = time.perf_counter()
+    response = requests.post(f"{tight_server}/classify", files=files, timeout=60)
+    assert response.status_code == 504, response.text[:200]
+    assert "1" in response.json()["error"]
+    assert time.perf_counter() - started < 30
+    assert requests.get(f"{tight_server}/readyz", timeout=30).status_code == 200
+
+
+def _serve_command(port: int) -> list[str]:
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    return [str(bentoml_cli), "serve", "service:ImageClassifier",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
+def _start(env_overrides: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "CLASSIFIER_DEVICE": "cpu", **env_overrides}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _serve_command(port),
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _assert_fails_at_start_up(env: dict[str, str], log_path: Path, *messages: str) -> None:
+    proc, url = _start(env, log_path)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            assert not _is_ready(url), "a server with a broken model/configuration said ready"
+            time.sleep(0.5)
+        assert proc.returncode is not None, "server did not exit"
+        assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = log_path.read_text(errors="replace")
+    for message in messages:
+        assert message in log, log[-3000:]
+
+
+def test_unknown_model_fails_start_up_saying_what_to_do(session_dir):
+    _assert_fails_at_start_up(
+        {"CLASSIFIER_MODEL_TAG": "no-such-model:latest"},
+        session_dir / "serve-missing.log",
+        "no-such-model:latest is not in the BentoML store",
+        "python -m models import",
+    )
+
+
+def test_bad_configuration_fails_start_up_naming_the_variable(single_label_bento, session_dir):
+    _assert_fails_at_start_up(
+        {"CLASSIFIER_MODEL_TAG": str(single_label_bento.tag), "CLASSIFIER_PRECISION": "fp8"},
+        session_dir / "serve-badconfig.log",
+        "CLASSIFIER_PRECISION: Input should be",
+    )
+
+
+def test_corrupt_model_fails_start_up(single_label_bento, session_dir, tmp_path):
+    # A copy of the store whose weights file is cut short (a disk or a copy gone wrong).
+    home = tmp_path / "bentoml"
+    source = Path(bentoml.models.get(single_label_bento.tag).path)
+    relative = source.relative_to(Path(os.environ["BENTOML_HOME"]))
+    shutil.copytree(source, home / relative)
+    weights = [p for p in (home / relative).rglob("*") if p.suffix in {".pt", ".safetensors"}]
+    assert weights, list((home / relative).rglob("*"))
+    for path in weights:
+        path.write_bytes(path.read_bytes()[:1000])
+    _assert_fails_at_start_up(
+        {"CLASSIFIER_MODEL_TAG": str(single_label_bento.tag), "BENTOML_HOME": str(home)},
+        session_dir / "serve-corrupt.log",
+        "is damaged",
+        "Re-import it",
+    )
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
+    single_label_bento, session_dir, png_images
+):
+    log_path = session_dir / "serve-shutdown.log"
+    proc, url = _start(
+        {"CLASSIFIER_MODEL_TAG": str(single_label_bento.tag), "CLASSIFIER_PRECISION": "float32"},
+        log_path,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not _is_ready(url):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        # Large uploads keep requests in flight for a while (decode + resize of each image).
+        big = _encode(_photo((2000, 1500), seed=8), "JPEG", quality=95)
+        files = [("images", (f"{i}.jpg", big, "image/jpeg")) for i in range(8)]
+
+        async def in_flight():
+            loop = asyncio.get_running_loop()
+            calls = [
+                loop.run_in_executor(
+                    None, lambda: requests.post(f"{url}/classify", files=files, timeout=120)
+                )
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.5)  # all sent, none finished
+            os.killpg(proc.pid, signal.SIGTERM)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(in_flight())
+        assert [getattr(r, "status_code", r) for r in results] == [200] * 6
+        with pytest.raises(requests.ConnectionError):  # new requests are refused
+            requests.post(f"{url}/classify", files=files[:1], timeout=10)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

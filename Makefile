@@ -22,7 +22,7 @@ DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
         test-integration lint format clean serve-requirements bento containerize run-image \
-        mlflow-image stack-config benchmark
+        mlflow-image stack-config benchmark soak
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -98,6 +98,9 @@ stack-config: install ## validate docker-compose.yml (both profiles) with Compos
 BENCH_ARGS ?=
 benchmark: install ## benchmark the service vs its in-process ceiling, FastAPI and LitServe (BENCH_ARGS=--help)
 	$(PY) -m benchmarks run $(BENCH_ARGS)
+
+soak: install ## 10 minutes of sustained load on the service: errors, latency drift, memory (SOAK_ARGS=--help)
+	$(PY) -m benchmarks soak $(SOAK_ARGS)
 
 test: install ## run the whole test suite (unit, training, integration)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """Benchmark the classifier service against its in-process ceiling and its peers.
 
     python -m benchmarks run                 # or: make benchmark
+    python -m benchmarks soak                # or: make soak (10 minutes of sustained load)
 
 Prepares each model (random weights, registered in a private MLflow registry, imported into a
 private BentoML store under --work-dir), measures the in-process ceiling, then starts each
@@ -97,7 +98,72 @@ def build_parser() -> argparse.ArgumentParser:
         default=HERE / "results",
         help="where the JSON and Markdown results go (default: benchmarks/results)",
     )
+    soak = sub.add_parser(
+        "soak", help="sustained load on our service: errors, latency drift and memory growth"
+    )
+    soak.add_argument(
+        "--model", default="efficientnet_b0", help="timm architecture (default: %(default)s)"
+    )
+    soak.add_argument(
+        "--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)"
+    )
+    soak.add_argument(
+        "--duration", type=float, default=600.0, help="seconds of load (default: %(default)s)"
+    )
+    soak.add_argument(
+        "--window",
+        type=float,
+        default=30.0,
+        help="seconds per measured window (default: %(default)s)",
+    )
+    soak.add_argument(
+        "--work-dir", type=Path, default=HERE / ".work", help="as for run (default: %(default)s)"
+    )
+    soak.add_argument(
+        "--out", type=Path, default=HERE / "results", help="where the JSON report goes"
+    )
     return parser
+
+
+def soak_main(args: argparse.Namespace, tracking_uri: str) -> int:
+    import json
+
+    from . import report
+    from .model import prepare_model
+    from .servers import SERVERS, running
+    from .soak import SoakLimits, run_soak
+    from .workload import make_uploads
+
+    uploads = make_uploads(per_size=4)
+    model = prepare_model(args.model, tracking_uri)
+    log_path = args.work_dir / "logs" / f"soak-{args.model}.log"
+    with running(SERVERS["bentoml"], model, log_path) as (base_url, _):
+        result = run_soak(
+            base_url + "/classify",
+            uploads,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            window_s=args.window,
+        )
+    limits = SoakLimits()
+    problems = result.problems(limits)
+    document = {
+        "command": report.command_line(),
+        "machine": report.machine(),
+        "model": args.model,
+        "limits": limits.__dict__,
+        "result": result.as_dict(),
+        "problems": problems,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"soak-{report.now().replace(':', '')}.json"
+    path.write_text(json.dumps(document, indent=2))
+    print(json.dumps({k: document[k] for k in ("model", "limits", "problems")}, indent=2))
+    print(
+        f"{result.errors} errors, memory growth {result.rss_growth_mb:.0f} MB, "
+        f"p50 drift x{result.p50_drift:.2f}; written {path}"
+    )
+    return 1 if problems else 0
 
 
 def _isolate(work_dir: Path) -> str:
@@ -118,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tracking_uri = _isolate(args.work_dir.resolve())
+    if args.command == "soak":
+        return soak_main(args, tracking_uri)
 
     from tqdm import tqdm
 

@@ -13,11 +13,12 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import bentoml
 
-from .artifact import ArtifactError, ModelSpec, classifier_artifact_dir, read_spec
+from .artifact import ArtifactError, ModelSpec, check_artifact, classifier_artifact_dir
+from .tracking_server import TrackingServerError, check_sqlite_exists, redact
+from .tracking_server import check_tracking_reachable as check_tracking_reachable_or_raise
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class MlflowSource:
 
     def bento_labels(self, tracking_uri: str) -> dict[str, str]:
         return {
-            "mlflow_tracking_uri": _redact(tracking_uri),
+            "mlflow_tracking_uri": redact(tracking_uri),
             "mlflow_run_id": self.run_id,
             "mlflow_registered_name": self.registered_name,
             "mlflow_version": self.version,
@@ -64,35 +65,13 @@ class MlflowSource:
         }
 
 
-def _redact(uri: str) -> str:
-    """Drop credentials from a URI before it is stored as a label."""
-    parsed = urlparse(uri)
-    if parsed.password or parsed.username:
-        return parsed._replace(
-            netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-        ).geturl()
-    return uri
-
-
-def check_tracking_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with a clear message instead of MLflow's long retry loop."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme in ("http", "https"):
-        import requests
-
-        try:
-            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s)
-        except requests.RequestException as exc:
-            raise ModelImportError(
-                f"cannot reach the MLflow tracking server at {_redact(tracking_uri)}: {exc}"
-            ) from None
-    elif parsed.scheme == "sqlite":
-        db_path = tracking_uri.removeprefix("sqlite:///")
-        if db_path and db_path != ":memory:" and not Path(db_path).exists():
-            raise ModelImportError(
-                f"MLflow database {db_path} does not exist (tracking URI {tracking_uri}); "
-                "train a model first or point --tracking-uri at your registry"
-            )
+def check_tracking_reachable(tracking_uri: str) -> None:
+    """The registry answers (HTTP, a few tries) or exists (sqlite); else ``ModelImportError``."""
+    try:
+        check_tracking_reachable_or_raise(tracking_uri)
+        check_sqlite_exists(tracking_uri)
+    except TrackingServerError as exc:
+        raise ModelImportError(str(exc)) from None
 
 
 def resolve_source(model_uri: str, client) -> MlflowSource:
@@ -229,7 +208,7 @@ def import_from_mlflow(
         except Exception as exc:  # MLflow raises several unrelated types for a failed download
             raise ModelImportError(f"cannot download {source.download_uri}: {exc}") from exc
         try:
-            spec = read_spec(classifier_artifact_dir(local))
+            spec = check_artifact(classifier_artifact_dir(local))
         except (ArtifactError, FileNotFoundError) as exc:
             raise ModelImportError(
                 f"{source.download_uri} is not a classifier model from this project: {exc}"

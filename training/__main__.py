@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
 
+    from models.tracking_server import TrackingServerError
+
     from .data import DataError
     from .train import train
 
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(cfg)
     except DataError as exc:
         logger.error("Data error: %s", exc)
+        return 2
+    except TrackingServerError as exc:
+        logger.error("MLflow: %s", exc)
         return 2
     except KeyboardInterrupt:
         logger.error("Interrupted; resume with --resume auto")

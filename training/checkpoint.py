@@ -72,6 +72,19 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
+def recover_best_artifact(output_dir: Path) -> None:
+    """Undo a crash inside :func:`save_best_artifact`: drop a half-written ``best.tmp``, and
+    if the crash fell between its two renames (no ``best``, only ``best.old``), restore it."""
+    final = output_dir / BEST_ARTIFACT
+    staging = output_dir / f"{BEST_ARTIFACT}.tmp"
+    previous = output_dir / f"{BEST_ARTIFACT}.old"
+    shutil.rmtree(staging, ignore_errors=True)
+    if not final.exists() and previous.exists():
+        os.replace(previous, final)
+        logger.warning("Restored %s from %s (a crash interrupted its replacement)", final, previous)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def save_best_artifact(output_dir: Path, model, spec: ModelSpec) -> Path:
     """Replace ``output_dir/best`` atomically enough that a crash leaves the old or the new one."""
     final = output_dir / BEST_ARTIFACT

@@ -18,6 +18,7 @@ from models.factory import create_classifier
 from models.labels import LabelSet, Task, scores_from_logits
 from models.predictor import choose_device
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
+from models.tracking_server import check_tracking_reachable
 
 from . import checkpoint, plots, tracking
 from .config import TrainConfig
@@ -126,6 +127,8 @@ def _log_final_plots(
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training job as configured; returns where the best model went."""
+    # Before any work: an unreachable server would otherwise surface after MLflow's retries.
+    check_tracking_reachable(cfg.mlflow.tracking_uri)
     seed_everything(cfg.seed, cfg.deterministic)
     task = cfg.task
     data = load_dataset(cfg.data)
@@ -177,6 +180,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     state = checkpoint.TrainingState(labels=list(labels.names))
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, cfg.output_dir)
     if resume_from:
+        checkpoint.recover_best_artifact(cfg.output_dir)
         state = checkpoint.load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
         if state.labels != list(labels.names):
             raise DataError(

@@ -8,6 +8,7 @@ import uuid
 
 import bentoml
 import numpy as np
+import requests
 from PIL import Image
 
 from ..support.ready import wait_until_ready
@@ -130,3 +131,29 @@ def test_image_fails_fast_without_its_model(docker_env, classifier_image):
     )  # fmt: skip
     assert result.returncode != 0
     assert "no-such-model" in result.stdout + result.stderr
+
+
+def test_image_serves_with_a_read_only_root_filesystem_and_api_keys(
+    docker_env, classifier_image, docker_network, png_images
+):
+    """The hardened way to run it: read-only root, writable tmpfs only where BentoML writes,
+    no capabilities, no privilege escalation, API keys on."""
+    hardening = [
+        "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/home/bentoml/tmp",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "-e", "CLASSIFIER_API_KEYS=deploy-key",
+    ]  # fmt: skip
+    with running_container(docker_env, classifier_image, docker_network, *hardening) as (_, url):
+        upload = {"images": ("a.png", png_images[0].read_bytes(), "image/png")}
+        refused = requests.post(f"{url}/classify", files=upload, timeout=60)
+        accepted = requests.post(
+            f"{url}/classify",
+            files=upload,
+            headers={"Authorization": "Bearer deploy-key"},
+            timeout=60,
+        )
+        metrics = requests.get(f"{url}/metrics", timeout=10)
+    assert refused.status_code == 401
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()[0]["labels"]
+    assert metrics.status_code == 200 and "image_classifier" in metrics.text

@@ -1,5 +1,8 @@
 """MLflow registry -> BentoML store, against a real sqlite registry and a temp BentoML home."""
 
+import contextlib
+import http.server
+import threading
 import time
 
 import bentoml
@@ -85,3 +88,36 @@ def test_foreign_model_is_refused_and_leaves_nothing_in_the_store(tmp_path):
         import_from_mlflow("models:/foreign/1", bento_name="foreign")
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.models.get("foreign:latest")
+
+
+@contextlib.contextmanager
+def _failing_tracking_server(status: int):
+    """A tracking server in trouble (overloaded, restarting): every request gets ``status``."""
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_tracking_server_errors_are_retried_then_reported_and_nothing_is_imported():
+    before = {str(m.tag) for m in bentoml.models.list()}
+    with _failing_tracking_server(503) as uri:
+        started = time.monotonic()
+        with pytest.raises(ModelImportError, match="answered 503"):
+            import_from_mlflow("models:/shapes-single@champion", tracking_uri=uri)
+        assert 2 <= time.monotonic() - started < 30  # retried with back-off, then gave up
+    assert {str(m.tag) for m in bentoml.models.list()} == before

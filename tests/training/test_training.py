@@ -191,3 +191,72 @@ def test_bad_data_fails_before_any_run(tmp_path, small_data, tracking_uri):
     with pytest.raises(DataError, match="0000.jpg: not a recognised image format"):
         train_module.train(cfg)
     assert MlflowClient().get_experiment_by_name("tests-bad") is None
+
+
+def test_unreachable_tracking_server_fails_before_any_training(tmp_path, small_data):
+    from models.tracking_server import TrackingServerError
+
+    cfg = _small_config(tmp_path, small_data, "http://127.0.0.1:9")
+    with pytest.raises(TrackingServerError, match="cannot reach the MLflow tracking server"):
+        train_module.train(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
+    tmp_path, small_data, tracking_uri
+):
+    """The real CLI in a subprocess, stopped the way `docker stop` or Kubernetes stop it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    settings = {
+        "data.root": str(small_data["single_label"]),
+        "optim.epochs": "4",
+        "optim.batch_size": "8",
+        "data.num_workers": "0",
+        "model.architecture": "resnet18",
+        "mlflow.tracking_uri": tracking_uri,
+        "mlflow.experiment": "tests-sigterm",
+        "mlflow.registered_model": "null",
+        "mlflow.artifact_location": str(tmp_path / "artifacts"),
+        "output_dir": str(out),
+    }
+    command = [sys.executable, "-m", "training", "train"]
+    command += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
+    root = Path(__file__).resolve().parents[2]
+    log = tmp_path / "train.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "last.pt").exists():  # epoch 1 is done; epoch 2 is running
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = MlflowClient()
+    [killed] = client.search_runs([client.get_experiment_by_name("tests-sigterm").experiment_id])
+    assert killed.info.status == "KILLED"
+    interrupted_at = torch.load(out / "last.pt", weights_only=True)["state"]["epoch"]
+    assert 1 <= interrupted_at < 4
+    assert (out / "best" / "model.safetensors").is_file()
+
+    resumed = subprocess.run(
+        [*command, "--resume", "auto"], cwd=root, capture_output=True, text=True, timeout=600,
+        env={**os.environ},
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    run = client.get_run(killed.info.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3, 4]

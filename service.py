@@ -59,12 +59,19 @@ _UNTRUST_BUILD_CA = (
     f"sh -c 'if [ -f {_CA_BUNDLE}.image-default ]; then "
     f"mv {_CA_BUNDLE}.image-default {_CA_BUNDLE}; fi'"
 )
+# BentoML creates these under BENTOML_HOME at start-up unless they exist: made at build time, the
+# container can run with a read-only root filesystem (tmpfs on /tmp and /home/bentoml/tmp).
+_BENTOML_HOME_DIRS = "mkdir -p /home/bentoml/bentos /home/bentoml/models /home/bentoml/envs " + (
+    "/home/bentoml/tmp && chown bentoml:bentoml /home/bentoml/bentos /home/bentoml/models "
+    "/home/bentoml/envs /home/bentoml/tmp"
+)
 with contextlib.chdir(HERE):  # BentoML resolves the requirements path against the working dir
     IMAGE = (
         bentoml.images.Image(python_version="3.11", distro="debian", lock_python_packages=False)
         .run(_TRUST_BUILD_CA)
         .requirements_file("requirements-serve.lock")
         .run(_UNTRUST_BUILD_CA)
+        .run(_BENTOML_HOME_DIRS)
     )
 IMAGE_ENVS = [
     # PEM text of extra CA certificates for the build (a BuildKit secret, not a build arg);

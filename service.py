@@ -29,8 +29,8 @@ from models.serving import (
     ServingSettings,
     UploadedImages,
     configure_request_decoding,
+    install_request_parsing,
     load_service_config,
-    reject_unparseable_requests,
     warmup_batch_sizes,
 )
 
@@ -213,4 +213,5 @@ class ImageClassifier:
 ImageClassifier.add_asgi_middleware(
     RequestGuard, api_keys=SETTINGS.api_key_list(), max_body_bytes=SETTINGS.max_request_bytes
 )
-reject_unparseable_requests(ImageClassifier.apis["classify"])
+# Uploads: files only, decoded off the event loop, malformed requests a 400 (models/serving.py).
+install_request_parsing(ImageClassifier.apis["classify"])

@@ -124,7 +124,10 @@ async def soak(
         window = SoakWindow(
             started_s=round(elapsed, 1),
             ok=result.ok,
-            errors={**result.errors, **result.unmeasured_errors},
+            errors={
+                key: result.errors.get(key, 0) + result.unmeasured_errors.get(key, 0)
+                for key in {*result.errors, *result.unmeasured_errors}
+            },
             p50_ms=round(statistics.median(latencies), 2) if latencies else float("nan"),
             p99_ms=round(latencies[int(0.99 * (len(latencies) - 1))], 2) if latencies else 0.0,
             server_rss_mb=round(server_rss_mb(url), 1),

@@ -7,6 +7,7 @@ orchestrators and Prometheus call them without credentials, and the spec holds n
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -43,13 +44,20 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open_path(scope["path"]):
+        if scope["type"] == "lifespan" or is_open_path(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.api_keys and not self._has_valid_key(headers):
-            await _send_error(
-                send,
+        if scope["type"] != "http":  # websockets: no such routes today; never unauthenticated
+            if self.api_keys and not self._has_valid_key(headers):
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        refuse = _Refusal(receive, send, headers, drain_limit=2 * self.max_body_bytes)
+        # CORS preflights carry no credentials by design; they reach no endpoint.
+        if self.api_keys and scope["method"] != "OPTIONS" and not self._has_valid_key(headers):
+            await refuse(
                 401,
                 "missing or invalid API key: send `Authorization: Bearer <key>` or `X-API-Key`",
                 extra_headers=[(b"www-authenticate", b'Bearer realm="image-classifier"')],
@@ -60,25 +68,25 @@ class RequestGuard:
             try:
                 declared_bytes = int(declared)
             except ValueError:
-                await _send_error(send, 400, "invalid Content-Length header")
+                await refuse(400, "invalid Content-Length header")
                 return
             if declared_bytes > self.max_body_bytes:
-                await _send_error(send, 413, self._too_large_message(declared_bytes))
+                await refuse(413, self._too_large_message(declared_bytes))
                 return
-        await _BodyLimit(self.app, self.max_body_bytes, self._too_large_message)(
+        await _BodyLimit(self.app, self.max_body_bytes, self._too_large_message, refuse)(
             scope, receive, send
         )
 
     def _has_valid_key(self, headers: dict[bytes, bytes]) -> bool:
-        offered = headers.get(b"x-api-key")
-        authorization = headers.get(b"authorization", b"")
-        scheme, _, credentials = authorization.partition(b" ")
-        if offered is None and scheme.lower() == b"bearer":
-            offered = credentials.strip()
-        if not offered:
-            return False
-        # Compare with every key, in constant time: no early exit that times the match.
-        matches = [hmac.compare_digest(offered, key) for key in self.api_keys]
+        offered = [headers.get(b"x-api-key", b"").strip()]
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            offered.append(credentials.strip())
+        # Every offered value against every key, in constant time: no early exit that times
+        # the match.
+        matches = [
+            hmac.compare_digest(value, key) for value in offered if value for key in self.api_keys
+        ]
         return any(matches)
 
     def _too_large_message(self, size: int | None) -> str:
@@ -91,8 +99,14 @@ class _BodyLimit:
     """Count the body as it streams (chunked uploads declare no length); past the limit, tell the
     app the client left and answer 413 in place of whatever the app then sends."""
 
-    def __init__(self, app: ASGIApp, limit: int, message: Callable[[int | None], str]) -> None:
-        self.app, self.limit, self.message = app, limit, message
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        message: Callable[[int | None], str],
+        refuse: _Refusal,
+    ) -> None:
+        self.app, self.limit, self.message, self.refuse = app, limit, message, refuse
         self.received = 0
         self.exceeded = False
         self.response_started = False
@@ -129,7 +143,46 @@ class _BodyLimit:
 
     async def _send_too_large(self) -> None:
         self.response_started = True
-        await _send_error(self._send, 413, self.message(None))
+        await self.refuse(413, self.message(None))
+
+
+class _Refusal:
+    """Send an error response, then read and discard the rest of the request body (up to
+    ``drain_limit`` bytes or ``drain_s`` seconds). Clients that upload the whole body before
+    reading the answer (most HTTP libraries) would otherwise see a connection reset, not the
+    error. Not when the client waits for ``100 Continue``: it never sends the body."""
+
+    drain_s = 10.0
+
+    def __init__(self, receive: Receive, send: Send, headers: dict, drain_limit: int) -> None:
+        self.receive, self.send, self.drain_limit = receive, send, drain_limit
+        self.expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+
+    async def __call__(
+        self, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        await _send_error(
+            self.send, status, message, [(b"connection", b"close"), *(extra_headers or [])]
+        )
+        if not self.expects_continue:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        drained = 0
+        deadline = asyncio.get_running_loop().time() + self.drain_s
+        while drained <= self.drain_limit:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(self.receive(), remaining)
+            except (TimeoutError, OSError):
+                return
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
 
 async def _send_error(

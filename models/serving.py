@@ -6,15 +6,26 @@ without starting a server.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from PIL import Image, ImageOps
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from . import telemetry
 from .labels import LabelScore
@@ -34,6 +45,7 @@ SERVICE_NAME = "image_classifier"
 # (caches); served at C=32, 16 beat 8 by ~7% in 2 A/B rounds, within run-to-run drift
 # (docs/performance.md). CUDA: large batches keep the GPU busy (not measured here).
 CPU_MAX_BATCH_SIZE = 16
+MIN_API_KEY_LENGTH = 16
 CUDA_MAX_BATCH_SIZE = 32
 
 
@@ -122,10 +134,25 @@ class ServingSettings(BaseModel):
         on_cuda = self.device != "cpu" and torch.cuda.is_available()
         return CUDA_MAX_BATCH_SIZE if on_cuda else CPU_MAX_BATCH_SIZE
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        raw = value.get_secret_value() if value is not None else ""
+        if not raw.strip():
+            return None  # unset or empty (compose passes ""): authentication off
+        keys = [key.strip() for key in raw.split(",")]
+        if any(len(key) < MIN_API_KEY_LENGTH for key in keys):
+            # Also catches "," or "key,": a typo must not silently turn authentication off.
+            raise ValueError(
+                f"every key must have at least {MIN_API_KEY_LENGTH} characters "
+                "(e.g. `openssl rand -hex 16`); empty entries are not allowed"
+            )
+        return value
+
     def api_key_list(self) -> list[str]:
         if self.api_keys is None:
             return []
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",")]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
@@ -260,33 +287,72 @@ def check_image_count(value: Any) -> Any:
 UploadedImages = Annotated[list[UploadedImage], BeforeValidator(check_image_count)]
 
 
-def reject_unparseable_requests(method: Any) -> None:
-    """Answer requests BentoML cannot parse with 400, not 500.
+# Uploads are decoded (and resized) on this one thread, not on the event loop: a request with
+# many large images then never stalls health checks, 429s or the 504 timer, and decoding stays
+# serial, as it was on the loop, so it does not crowd out the forward pass on small CPUs.
+_DECODE_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
-    BentoML's multipart parser raises on, e.g., a file sent under another field name (it
-    JSON-decodes the bytes) or a malformed multipart body, and reports it as a server error.
-    ``method`` is a BentoML API method (``Service.apis[name]``); its input model is replaced by
-    a subclass (same fields and schema) whose parsing turns those errors into ``BadInput``.
+
+async def _validate_off_the_loop(model: Any, data: dict) -> Any:
+    abandoned = threading.Event()
+
+    def validate() -> Any:
+        if abandoned.is_set():  # timed out (504) or client gone while queued: skip the work
+            raise ValueError("request abandoned before its images were decoded")
+        return model.model_validate(data)
+
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_DECODE_EXECUTOR, validate)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
+
+
+def install_request_parsing(method: Any) -> None:
+    """Parse this API's requests ourselves: files only, decoded off the event loop, and every
+    malformed request a 400.
+
+    ``method`` is a BentoML API method (``Service.apis[name]``); its input model is replaced by a
+    subclass (same fields and schema). For multipart requests it reads the form and refuses:
+    a malformed body; fields other than the model's; and text values in file fields. BentoML
+    would fetch a text value as a URL, outside the body limit. Then it validates (decodes)
+    on :data:`_DECODE_EXECUTOR`. Other content types keep BentoML's parsing, with errors it
+    reports as 500 turned into 400.
     """
     from bentoml.exceptions import BadInput
+    from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
 
     spec = method.input_spec
+    file_fields = set(spec.multipart_fields)
 
     class ParsedInput(spec):  # type: ignore[misc, valid-type]
         @classmethod
         async def from_http_request(cls, request: Any, serde: Any) -> Any:
+            content_type = request.headers.get("content-type", "")
             try:
-                return await super().from_http_request(request, serde)
+                if not content_type.startswith("multipart/form-data"):
+                    return await super().from_http_request(request, serde)
+                form = await request.form()
             except UnicodeDecodeError:
-                raise BadInput(
-                    "malformed request: a field holds binary data where text was expected; "
-                    "send images as files in the `images` field"
-                ) from None
+                raise BadInput("malformed request: binary data where text was expected") from None
             except (MultiPartException, HTTPException) as exc:
                 reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
                 raise BadInput(f"malformed request: {reason}") from None
+            data: dict[str, list] = {}
+            for name, value in form.multi_items():
+                if name not in file_fields:
+                    expected = ", ".join(f"`{f}`" for f in sorted(file_fields))
+                    raise BadInput(
+                        f"unexpected field `{name}`: send the images as files in {expected}"
+                    )
+                if not isinstance(value, UploadFile):
+                    raise BadInput(
+                        f"`{name}` must hold uploaded files, not text (URLs are not fetched)"
+                    )
+                data.setdefault(name, []).append(value)
+            return await _validate_off_the_loop(cls, data)
 
     ParsedInput.__name__ = ParsedInput.__qualname__ = spec.__name__
     method.input_spec = ParsedInput

@@ -18,9 +18,7 @@ def redact(uri: str) -> str:
     """Drop credentials from a URI before it is logged or stored as a label."""
     parsed = urlparse(uri)
     if parsed.password or parsed.username:
-        return parsed._replace(
-            netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-        ).geturl()
+        return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()  # keeps [::1]
     return uri
 
 

@@ -141,7 +141,7 @@ def test_image_serves_with_a_read_only_root_filesystem_and_api_keys(
     hardening = [
         "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/home/bentoml/tmp",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "-e", "CLASSIFIER_API_KEYS=deploy-key",
+        "-e", "CLASSIFIER_API_KEYS=deploy-key-0123456789",
     ]  # fmt: skip
     with running_container(docker_env, classifier_image, docker_network, *hardening) as (_, url):
         upload = {"images": ("a.png", png_images[0].read_bytes(), "image/png")}
@@ -149,7 +149,7 @@ def test_image_serves_with_a_read_only_root_filesystem_and_api_keys(
         accepted = requests.post(
             f"{url}/classify",
             files=upload,
-            headers={"Authorization": "Bearer deploy-key"},
+            headers={"Authorization": "Bearer deploy-key-0123456789"},
             timeout=60,
         )
         metrics = requests.get(f"{url}/metrics", timeout=10)

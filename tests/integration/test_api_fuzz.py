@@ -10,7 +10,7 @@ from schemathesis.checks import not_a_server_error
 
 from .conftest import bentoml_server
 
-API_KEY = "fuzz-key"
+API_KEY = "fuzz-key-0123456789"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from .conftest import bentoml_server, free_port
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 LIMITS = {
-    "CLASSIFIER_API_KEYS": f"previous-key,{API_KEY}",
+    "CLASSIFIER_API_KEYS": f"previous-key-0123456789,{API_KEY}",
     "CLASSIFIER_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
     "CLASSIFIER_MAX_IMAGES_PER_REQUEST": "8",
     "CLASSIFIER_MAX_IMAGE_PIXELS": "4000000",
@@ -109,7 +110,10 @@ def test_request_level_mistakes_are_4xx(guarded_server):
         too_many.text
     )
     wrong_field = _post(url, {"image": tiny})
-    assert wrong_field.status_code == 400 and "images" in wrong_field.text
+    assert wrong_field.status_code == 400 and "unexpected field `image`" in wrong_field.text
+    # A text value where a file belongs: BentoML would fetch it as a URL, outside every limit.
+    as_text = _post(url, {"images": (None, "http://127.0.0.1:9/cat.jpg")})
+    assert as_text.status_code == 400 and "not text (URLs are not fetched)" in as_text.text
     no_body = requests.post(f"{url}/classify", headers=AUTH, timeout=30)
     assert no_body.status_code == 400
     # Not multipart: JSON naming strings instead of files, and a raw JPEG body.
@@ -126,11 +130,14 @@ def test_request_level_mistakes_are_4xx(guarded_server):
     assert 400 <= raw.status_code < 500, raw.text
 
 
-def test_oversize_bodies_get_413_before_being_read(guarded_server):
-    big = os.urandom(3 * 1024 * 1024)
+def test_oversize_bodies_get_413_before_being_parsed(guarded_server):
+    # 24 MiB, far more than socket buffers hold: the client only sees the 413 (and not a
+    # connection reset) because the server reads and discards the body after answering.
+    big = os.urandom(24 * 1024 * 1024)
     declared = _post(guarded_server, {"images": ("big.jpg", big, "image/jpeg")})
     assert declared.status_code == 413
     assert "over the limit of 2097152 bytes" in declared.text
+    big = big[: 3 * 1024 * 1024]
 
     boundary = "robustness-test-boundary-7f3a"
     body = (
@@ -151,6 +158,7 @@ def test_oversize_bodies_get_413_before_being_read(guarded_server):
         timeout=60,
     )
     assert streamed.status_code == 413, streamed.text
+    assert "the request body over the limit of 2097152 bytes" in streamed.text
 
 
 def test_odd_but_valid_images_are_classified_like_in_process(guarded_server, single_label_bento):
@@ -224,7 +232,9 @@ def test_api_keys_guard_the_model_but_not_health_metrics_or_docs(guarded_server)
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert _post(url, upload, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert _post(url, upload, headers={"X-API-Key": API_KEY}).status_code == 200
-    assert _post(url, upload, headers={"X-API-Key": "previous-key"}).status_code == 200
+    assert _post(url, upload, headers={"X-API-Key": "previous-key-0123456789"}).status_code == 200
+    both = {"X-API-Key": "stale", "Authorization": f"Bearer {API_KEY}"}  # any valid one will do
+    assert _post(url, upload, headers=both).status_code == 200
     assert requests.post(f"{url}/metadata", timeout=10).status_code == 401
     for path in ("/livez", "/healthz", "/readyz", "/metrics", "/docs.json"):
         assert requests.get(url + path, timeout=10).status_code == 200, path
@@ -264,21 +274,31 @@ def test_concurrency_over_the_limit_is_refused_quickly(tight_server, png_images)
     assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses.count(429) > 0 and statuses.count(200) > 0
     refused_in = [elapsed for status, elapsed in results if status == 429]
-    assert max(refused_in) < 2.0, f"429s took up to {max(refused_in):.2f}s"
+    # Client-side time, encoding included, on a 2-core machine shared with the server.
+    assert max(refused_in) < 5.0, f"429s took up to {max(refused_in):.2f}s"
     assert requests.get(f"{tight_server}/readyz", timeout=5).status_code == 200
 
 
-def test_requests_over_the_time_limit_get_504(tight_server):
+def test_requests_over_the_time_limit_get_504_and_never_block_the_server(tight_server):
     # 48 12-megapixel PNGs (120 kB each: smooth patterns) take ~6 s to decode here; limit 1 s.
     y, x = np.mgrid[0:3000, 0:4000]
     pattern = np.stack([(x // 16) % 256, (y // 12) % 256, ((x + y) // 20) % 256], axis=-1)
     big = _encode(Image.fromarray(pattern.astype(np.uint8)), "PNG")
     files = [("images", (f"{i}.png", big, "image/png")) for i in range(48)]
-    started = time.perf_counter()
-    response = requests.post(f"{tight_server}/classify", files=files, timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        heavy = pool.submit(requests.post, f"{tight_server}/classify", files=files, timeout=60)
+        time.sleep(0.5)
+        # Decoding runs off the event loop: health checks answer meanwhile.
+        probe_started = time.perf_counter()
+        assert requests.get(f"{tight_server}/livez", timeout=10).status_code == 200
+        probe_s = time.perf_counter() - probe_started
+        response = heavy.result()
+        elapsed = time.perf_counter() - started
     assert response.status_code == 504, response.text[:200]
-    assert "1" in response.json()["error"]
-    assert time.perf_counter() - started < 30
+    assert re.search(r"in 1(\.0)? seconds", response.json()["error"]), response.text
+    assert probe_s < 2.0, f"/livez took {probe_s:.2f}s during a heavy request"
+    assert elapsed < 10, f"504 after {elapsed:.1f}s"
     assert requests.get(f"{tight_server}/readyz", timeout=30).status_code == 200
 
 
@@ -363,12 +383,25 @@ def test_corrupt_model_fails_start_up(single_label_bento, session_dir, tmp_path)
     )
 
 
+def _in_progress(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("image_classifier_request_in_progress{") and "/classify" in line
+    )
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
     single_label_bento, session_dir, png_images
 ):
     log_path = session_dir / "serve-shutdown.log"
     proc, url = _start(
-        {"CLASSIFIER_MODEL_TAG": str(single_label_bento.tag), "CLASSIFIER_PRECISION": "float32"},
+        {
+            "CLASSIFIER_MODEL_TAG": str(single_label_bento.tag),
+            "CLASSIFIER_PRECISION": "float32",
+            "CLASSIFIER_REDUCED_JPEG_DECODE": "false",  # full decodes: requests stay in flight
+        },
         log_path,
     )
     try:
@@ -381,20 +414,27 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
         big = _encode(_photo((2000, 1500), seed=8), "JPEG", quality=95)
         files = [("images", (f"{i}.jpg", big, "image/jpeg")) for i in range(8)]
 
+        def call():
+            response = requests.post(f"{url}/classify", files=files, timeout=120)
+            return response, time.monotonic()
+
         async def in_flight():
             loop = asyncio.get_running_loop()
-            calls = [
-                loop.run_in_executor(
-                    None, lambda: requests.post(f"{url}/classify", files=files, timeout=120)
-                )
-                for _ in range(6)
-            ]
-            await asyncio.sleep(0.5)  # all sent, none finished
+            calls = [loop.run_in_executor(None, call) for _ in range(6)]
+            # SIGTERM once the server counts all 6 in progress: connections still waiting in
+            # the listen backlog would be reset, as with any server that stops accepting.
+            deadline = time.monotonic() + 60
+            while _in_progress(url) < 6:
+                assert time.monotonic() < deadline, "6 requests never in progress together"
+                await asyncio.sleep(0.05)
+            killed_at = time.monotonic()
             os.killpg(proc.pid, signal.SIGTERM)
-            return await asyncio.gather(*calls, return_exceptions=True)
+            return killed_at, await asyncio.gather(*calls, return_exceptions=True)
 
-        results = asyncio.run(in_flight())
-        assert [getattr(r, "status_code", r) for r in results] == [200] * 6
+        killed_at, results = asyncio.run(in_flight())
+        assert [getattr(r[0], "status_code", r) for r in results] == [200] * 6, results
+        # The drain was tested only if some requests were still running at the SIGTERM.
+        assert any(finished > killed_at for _, finished in results)
         with pytest.raises(requests.ConnectionError):  # new requests are refused
             requests.post(f"{url}/classify", files=files[:1], timeout=10)
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]

@@ -22,4 +22,6 @@ def test_sustained_load_has_no_errors_no_memory_growth_and_stable_latency(
         )
     assert len(report.windows) == 4
     assert all(window.ok > 50 for window in report.windows), report.windows
-    assert report.problems(SoakLimits()) == [], report.as_dict()
+    # 15 s windows on a 2-core machine shared by client and server: a wider drift bound than
+    # the full soak's 1.5x.
+    assert report.problems(SoakLimits(max_p50_drift=2.0)) == [], report.as_dict()

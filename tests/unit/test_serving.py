@@ -94,10 +94,16 @@ def test_settings_from_environment():
 
 
 def test_api_keys_are_secret_and_split_for_rotation():
-    settings = ServingSettings.from_env({"CLASSIFIER_API_KEYS": " old-key , new-key ,"})
-    assert settings.api_key_list() == ["old-key", "new-key"]
-    assert "old-key" not in repr(settings) and "old-key" not in str(settings.model_dump())
+    old, new = "old-key-0123456789", "new-key-0123456789"
+    settings = ServingSettings.from_env({"CLASSIFIER_API_KEYS": f" {old} , {new} "})
+    assert settings.api_key_list() == [old, new]
+    assert old not in repr(settings) and old not in str(settings.model_dump())
     assert ServingSettings.from_env({}).api_key_list() == []
+    assert ServingSettings.from_env({"CLASSIFIER_API_KEYS": " "}).api_key_list() == []
+    # A typo must not silently turn authentication off, nor allow guessable keys.
+    for typo in (",", f"{old},", "short"):
+        with pytest.raises(ValueError, match="CLASSIFIER_API_KEYS: .*at least 16 characters"):
+            ServingSettings.from_env({"CLASSIFIER_API_KEYS": typo})
 
 
 def test_configuration_yaml_is_accepted_by_bentoml():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import PROJECT_ROOT
-from ..support.tools import require_tool
+from ..support.tools import require_tool, skip_or_fail
 
 DOCKER_CLI = "/usr/bin/docker"  # Debian's CLI: BuildKit built in (the one in /usr/local lacks it)
 ENGINE_SCRIPT = PROJECT_ROOT / ".ci" / "docker-engine"
@@ -72,10 +72,7 @@ def docker_env(session_dir):
         env["DOCKER_HOST"] = started.stdout.strip().split("=", 1)[1]
         started_engine = True
     if not _engine_answers(env):
-        message = "no Docker engine: run `.ci/docker-engine install && .ci/docker-engine start`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("no Docker engine: run `.ci/docker-engine install && .ci/docker-engine start`")
     yield env
     if started_engine:
         run([str(ENGINE_SCRIPT), "stop"], env, check=False, timeout=120)

@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
+from ..support.tools import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_PATTERNS = {
@@ -28,7 +28,7 @@ def _tracked_files() -> list[Path]:
             ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+        skip_or_fail("not a git checkout (or no git): the tracked files cannot be listed")
     return [ROOT / line for line in out.splitlines() if line]
 
 

@@ -2,6 +2,11 @@
 crash handling, resume and determinism."""
 
 import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -99,7 +104,8 @@ def small_data(tmp_path):
     )
 
 
-def _small_config(tmp_path, small_data, tracking_uri, **overrides):
+def _small_settings(tmp_path, small_data, tracking_uri, **overrides) -> dict[str, str]:
+    """Dotted training settings for a quick resnet18 run, as the CLI's --flags take them."""
     base = {
         "data.root": str(small_data["single_label"]),
         "optim.epochs": "3",
@@ -112,7 +118,11 @@ def _small_config(tmp_path, small_data, tracking_uri, **overrides):
         "mlflow.artifact_location": str(tmp_path / "artifacts"),
         "output_dir": str(tmp_path / "out"),
     }
-    return load_config(overrides={**base, **overrides})
+    return {**base, **overrides}
+
+
+def _small_config(tmp_path, small_data, tracking_uri, **overrides):
+    return load_config(overrides=_small_settings(tmp_path, small_data, tracking_uri, **overrides))
 
 
 def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
@@ -206,26 +216,13 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     tmp_path, small_data, tracking_uri
 ):
     """The real CLI in a subprocess, stopped the way `docker stop` or Kubernetes stop it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     out = tmp_path / "out"
-    settings = {
-        "data.root": str(small_data["single_label"]),
-        "optim.epochs": "4",
-        "optim.batch_size": "8",
-        "data.num_workers": "0",
-        "model.architecture": "resnet18",
-        "mlflow.tracking_uri": tracking_uri,
-        "mlflow.experiment": "tests-sigterm",
-        "mlflow.registered_model": "null",
-        "mlflow.artifact_location": str(tmp_path / "artifacts"),
-        "output_dir": str(out),
-    }
+    settings = _small_settings(
+        tmp_path,
+        small_data,
+        tracking_uri,
+        **{"optim.epochs": "4", "optim.batch_size": "8", "mlflow.experiment": "tests-sigterm"},
+    )
     command = [sys.executable, "-m", "training", "train"]
     command += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
     root = Path(__file__).resolve().parents[2]
@@ -252,9 +249,8 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     assert (out / "best" / "model.safetensors").is_file()
 
     resumed = subprocess.run(
-        [*command, "--resume", "auto"], cwd=root, capture_output=True, text=True, timeout=600,
-        env={**os.environ},
-    )  # fmt: skip
+        [*command, "--resume", "auto"], cwd=root, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     run = client.get_run(killed.info.run_id)
     assert run.info.status == "FINISHED"

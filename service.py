@@ -61,10 +61,8 @@ _UNTRUST_BUILD_CA = (
 )
 # BentoML creates these under BENTOML_HOME at start-up unless they exist: made at build time, the
 # container can run with a read-only root filesystem (tmpfs on /tmp and /home/bentoml/tmp).
-_BENTOML_HOME_DIRS = "mkdir -p /home/bentoml/bentos /home/bentoml/models /home/bentoml/envs " + (
-    "/home/bentoml/tmp && chown bentoml:bentoml /home/bentoml/bentos /home/bentoml/models "
-    "/home/bentoml/envs /home/bentoml/tmp"
-)
+_HOME_DIRS = " ".join(f"/home/bentoml/{name}" for name in ("bentos", "models", "envs", "tmp"))
+_BENTOML_HOME_DIRS = f"mkdir -p {_HOME_DIRS} && chown bentoml:bentoml {_HOME_DIRS}"
 with contextlib.chdir(HERE):  # BentoML resolves the requirements path against the working dir
     IMAGE = (
         bentoml.images.Image(python_version="3.11", distro="debian", lock_python_packages=False)
@@ -90,6 +88,9 @@ IMAGE_ENVS = [
 ]
 
 
+_FIX_THE_MODEL = (
+    "Re-import it (`python -m models import ...`) or serve another CLASSIFIER_MODEL_TAG"
+)
 SERVED_MODEL = bentoml.models.BentoModel(SETTINGS.model_tag)
 if SERVED_MODEL.stored is None:
     # Checked on import: otherwise BentoML fails later, trying to download it from BentoCloud.
@@ -106,8 +107,7 @@ try:
 except ArtifactError as exc:
     raise RuntimeError(
         f"model {SERVED_MODEL.stored.tag} in the BentoML store ({SERVED_MODEL.stored.path}) is "
-        f"damaged: {exc}. Re-import it (`python -m models import ...`) or serve another "
-        "CLASSIFIER_MODEL_TAG"
+        f"damaged: {exc}. {_FIX_THE_MODEL}"
     ) from None
 
 
@@ -139,8 +139,7 @@ class ImageClassifier:
             # Never come up "ready" with a broken model: fail start-up, saying what to fix.
             raise RuntimeError(
                 f"model {stored.tag} in the BentoML store ({stored.path}) could not be loaded: "
-                f"{type(exc).__name__}: {exc}. Re-import it (`python -m models import ...`) "
-                "or serve another CLASSIFIER_MODEL_TAG"
+                f"{type(exc).__name__}: {exc}. {_FIX_THE_MODEL}"
             ) from exc
         # Request validation decodes (and resizes) uploads before a batch forms: for this model.
         configure_request_decoding(SETTINGS, self.predictor.preprocessing)
@@ -213,5 +212,6 @@ class ImageClassifier:
 ImageClassifier.add_asgi_middleware(
     RequestGuard, api_keys=SETTINGS.api_key_list(), max_body_bytes=SETTINGS.max_request_bytes
 )
-# Uploads: files only, decoded off the event loop, malformed requests a 400 (models/serving.py).
+# Uploads: files only, large requests decoded off the event loop, malformed requests a 400
+# (models/serving.py).
 install_request_parsing(ImageClassifier.apis["classify"])

@@ -95,17 +95,21 @@ def read_spec(directory: str | Path) -> ModelSpec:
         raise ArtifactError(f"{path} is not a valid model spec: {exc}") from exc
 
 
+def _weights_file(directory: str | Path) -> Path:
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{weights} is missing")
+    return weights
+
+
 def check_artifact(directory: str | Path) -> ModelSpec:
     """Cheap integrity check without building the model: the spec parses and the weights file
     is complete (its header and the sizes it declares match the file). Raises ``ArtifactError``.
     """
     from safetensors import SafetensorError, safe_open
 
-    directory = Path(directory)
     spec = read_spec(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ArtifactError(f"{weights} is missing")
+    weights = _weights_file(directory)
     try:
         with safe_open(str(weights), framework="pt") as tensors:
             if not list(tensors.keys()):
@@ -120,11 +124,8 @@ def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
     spec = read_spec(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ArtifactError(f"{weights} is missing")
+    weights = _weights_file(directory)
     model = create_classifier(spec.architecture, spec.num_classes)
     try:
         state = load_file(str(weights))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import bentoml
 
+from . import tracking_server
 from .artifact import ArtifactError, ModelSpec, check_artifact, classifier_artifact_dir
-from .tracking_server import TrackingServerError, check_sqlite_exists, redact
-from .tracking_server import check_tracking_reachable as check_tracking_reachable_or_raise
+from .tracking_server import TrackingServerError, redact
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class MlflowSource:
 def check_tracking_reachable(tracking_uri: str) -> None:
     """The registry answers (HTTP, a few tries) or exists (sqlite); else ``ModelImportError``."""
     try:
-        check_tracking_reachable_or_raise(tracking_uri)
-        check_sqlite_exists(tracking_uri)
+        tracking_server.check_tracking_reachable(tracking_uri)
+        tracking_server.check_sqlite_exists(tracking_uri)
     except TrackingServerError as exc:
         raise ModelImportError(str(exc)) from None
 

@@ -73,9 +73,8 @@ class RequestGuard:
             if declared_bytes > self.max_body_bytes:
                 await refuse(413, self._too_large_message(declared_bytes))
                 return
-        await _BodyLimit(self.app, self.max_body_bytes, self._too_large_message, refuse)(
-            scope, receive, send
-        )
+        too_large = self._too_large_message(None)
+        await _BodyLimit(self.app, self.max_body_bytes, too_large, refuse)(scope, receive, send)
 
     def _has_valid_key(self, headers: dict[bytes, bytes]) -> bool:
         offered = [headers.get(b"x-api-key", b"").strip()]
@@ -99,13 +98,7 @@ class _BodyLimit:
     """Count the body as it streams (chunked uploads declare no length); past the limit, tell the
     app the client left and answer 413 in place of whatever the app then sends."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit: int,
-        message: Callable[[int | None], str],
-        refuse: _Refusal,
-    ) -> None:
+    def __init__(self, app: ASGIApp, limit: int, message: str, refuse: _Refusal) -> None:
         self.app, self.limit, self.message, self.refuse = app, limit, message, refuse
         self.received = 0
         self.exceeded = False
@@ -143,7 +136,7 @@ class _BodyLimit:
 
     async def _send_too_large(self) -> None:
         self.response_started = True
-        await self.refuse(413, self.message(None))
+        await self.refuse(413, self.message)
 
 
 class _Refusal:

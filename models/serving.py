@@ -45,8 +45,8 @@ SERVICE_NAME = "image_classifier"
 # (caches); served at C=32, 16 beat 8 by ~7% in 2 A/B rounds, within run-to-run drift
 # (docs/performance.md). CUDA: large batches keep the GPU busy (not measured here).
 CPU_MAX_BATCH_SIZE = 16
-MIN_API_KEY_LENGTH = 16
 CUDA_MAX_BATCH_SIZE = 32
+MIN_API_KEY_LENGTH = 16
 
 
 def load_service_config(path: Path) -> dict[str, Any]:
@@ -188,11 +188,24 @@ def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 class RequestDecoding:
     """How request validation decodes uploads; the service sets it once its model is loaded."""
 
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
-    max_images: int = 64
+    max_pixels: int
+    max_aspect_ratio: float
+    max_images: int
     min_size: int | None = None  # reduced-size JPEG decode down to this (None: full decode)
     preprocessing: EvalPreprocessing | None = None  # resize/crop each image at request time
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServingSettings, preprocessing: EvalPreprocessing | None = None
+    ) -> RequestDecoding:
+        reduced = preprocessing is not None and settings.reduced_jpeg_decode
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            max_aspect_ratio=settings.max_aspect_ratio,
+            max_images=settings.max_images_per_request,
+            min_size=preprocessing.config.resize_size if reduced else None,
+            preprocessing=preprocessing,
+        )
 
 
 _REQUEST_DECODING: RequestDecoding | None = None
@@ -205,23 +218,12 @@ def configure_request_decoding(settings: ServingSettings, preprocessing: EvalPre
     thread, instead of serially inside the batch.
     """
     global _REQUEST_DECODING
-    _REQUEST_DECODING = RequestDecoding(
-        max_pixels=settings.max_image_pixels,
-        max_aspect_ratio=settings.max_aspect_ratio,
-        max_images=settings.max_images_per_request,
-        min_size=preprocessing.config.resize_size if settings.reduced_jpeg_decode else None,
-        preprocessing=preprocessing,
-    )
+    _REQUEST_DECODING = RequestDecoding.from_settings(settings, preprocessing)
 
 
 @functools.cache
 def _decoding_from_env() -> RequestDecoding:
-    settings = ServingSettings.from_env()
-    return RequestDecoding(
-        max_pixels=settings.max_image_pixels,
-        max_aspect_ratio=settings.max_aspect_ratio,
-        max_images=settings.max_images_per_request,
-    )
+    return RequestDecoding.from_settings(ServingSettings.from_env())
 
 
 def _current_decoding() -> RequestDecoding:
@@ -331,14 +333,15 @@ async def _validate_off_the_loop(model: Any, data: dict) -> Any:
 
 
 def install_request_parsing(method: Any) -> None:
-    """Parse this API's requests ourselves: files only, decoded off the event loop, and every
-    malformed request a 400.
+    """Parse this API's requests ourselves: files only, large requests decoded off the event
+    loop, and every malformed request a 400.
 
     ``method`` is a BentoML API method (``Service.apis[name]``); its input model is replaced by a
     subclass (same fields and schema). For multipart requests it reads the form and refuses:
     a malformed body; fields other than the model's; and text values in file fields. BentoML
-    would fetch a text value as a URL, outside the body limit. Then it validates (decodes)
-    on :data:`_DECODE_EXECUTOR`. Other content types keep BentoML's parsing, with errors it
+    would fetch a text value as a URL, outside the body limit. Then it validates (decodes):
+    on the event loop up to :data:`INLINE_DECODE_PIXELS` in all, else on
+    :data:`_DECODE_EXECUTOR`. Other content types keep BentoML's parsing, with errors it
     reports as 500 turned into 400.
     """
     from bentoml.exceptions import BadInput

@@ -7,9 +7,10 @@ service rebuilds exactly the transform that evaluation used.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -140,38 +141,116 @@ def load_image(
     decodable image of acceptable size; it never returns a lazily-loaded image, so decoding
     errors surface here rather than later in a batch.
     """
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageDecodeError("empty upload: 0 bytes")
-        source = io.BytesIO(source)
-    try:
-        with Image.open(source, formats=ACCEPTED_FORMATS) as opened:
+    opened = open_image(
+        read_source(source),
+        max_pixels=max_pixels,
+        min_size=min_size,
+        max_aspect_ratio=max_aspect_ratio,
+    )
+    with opened:
+        return finish_decode(opened)
+
+
+def read_source(source: bytes | str | Path | io.IOBase) -> bytes:
+    """The encoded bytes of a file path, a file object or bytes."""
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    if isinstance(source, io.IOBase):
+        return source.read()
+    return Path(source).read_bytes()
+
+
+def open_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_size: int | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+) -> Image.Image:
+    """Read an image's header and check it, without decoding its pixels.
+
+    Only the plugins of :data:`ACCEPTED_FORMATS` ever see the bytes. The returned image is
+    lazy: its ``size`` is what :func:`finish_decode` will decode (reduced for large JPEGs with
+    ``min_size``), so callers can budget pixels across many images before decoding any. Close
+    it (or use it as a context manager).
+    """
+    if not data:
+        raise ImageDecodeError("empty upload: 0 bytes")
+    with _decode_errors(data):
+        opened = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        try:
             check_pixel_limit(*opened.size, max_pixels, max_aspect_ratio)
             opened.seek(0)  # first frame of animated images
-            if min_size and opened.format in ("JPEG", "MPO"):  # MPO: many phone cameras
-                opened.draft(opened.mode, (min_size, min_size))
-            image = ImageOps.exif_transpose(opened)
-            return to_rgb(image)
+            if opened.format in ("JPEG", "MPO"):  # MPO: many phone cameras
+                check_jpeg_scans(data)
+                if min_size:
+                    opened.draft(opened.mode, (min_size, min_size))
+        except BaseException:
+            opened.close()
+            raise
+        return opened
+
+
+def finish_decode(opened: Image.Image) -> Image.Image:
+    """Decode an image from :func:`open_image` into RGB, with EXIF orientation applied."""
+    with _decode_errors(b""):
+        return to_rgb(ImageOps.exif_transpose(opened))
+
+
+@contextlib.contextmanager
+def _decode_errors(data: bytes) -> Iterator[None]:
+    """Turn whatever Pillow raises on bad input into an :class:`ImageDecodeError`."""
+    try:
+        yield
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(_unrecognised_format_reason(source)) from None
+        raise ImageDecodeError(_unrecognised_format_reason(data)) from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large: {exc}") from None
     except Exception as exc:  # PIL raises many types (struct.error, IndexError, ...) on bad input
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 
-def _unrecognised_format_reason(source: str | Path | io.IOBase) -> str:
+# A progressive JPEG carries about 10 scans (libjpeg's default script), and each scan is a pass
+# over the whole image: a file that repeats a 12-byte scan thousands of times costs seconds of
+# CPU per 100 kB. Baseline JPEGs have one scan per component group.
+MAX_JPEG_SCANS = 64
+_JPEG_SOS = b"\xff\xda"
+
+
+def check_jpeg_scans(data: bytes, limit: int = MAX_JPEG_SCANS) -> None:
+    """Refuse JPEGs with more scans than ``limit`` (counted from the start-of-scan markers, a
+    byte search: entropy-coded data never holds that pair)."""
+    scans = data.count(_JPEG_SOS)
+    if scans > limit:
+        raise ImageDecodeError(
+            f"JPEG with {scans} scans, over the limit of {limit} (a normal progressive JPEG "
+            "has about 10)"
+        )
+
+
+def sniff_format(prefix: bytes) -> str | None:
+    """The format a file's first bytes claim, by the plugins' signature checks only: nothing is
+    parsed, so a format we do not accept (EPS, whose parser is slow) costs nothing to name."""
+    Image.init()
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            if accept is not None and accept(prefix[:16]):
+                return name
+        except Exception:  # a signature check that trips on odd bytes claims nothing
+            continue
+    return None
+
+
+def _unrecognised_format_reason(data: bytes) -> str:
     """Name the format of a file Pillow knows but we do not accept, for the error message."""
     accepted = ", ".join(ACCEPTED_FORMATS)
-    try:
-        if isinstance(source, io.IOBase):
-            source.seek(0)
-        with Image.open(source) as other:  # header only: nothing is decoded
-            return f"unsupported image format {other.format}; accepted: {accepted}"
-    except Exception:
+    claimed = sniff_format(data)
+    if claimed is None or claimed in ACCEPTED_FORMATS:  # an accepted format that failed to open
         return f"not a recognised image format; accepted: {accepted}"
+    return f"unsupported image format {claimed}; accepted: {accepted}"
 
 
 # 16-bit and 32-bit single-channel modes: ``convert("RGB")`` clips them at 255 (a 16-bit PNG
@@ -182,11 +261,19 @@ _WIDE_GRAYSCALE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode as 8-bit RGB (16-bit grayscale scaled, not clipped)."""
     if image.mode in _WIDE_GRAYSCALE_MODES:
-        pixels = np.asarray(image, dtype=np.int64)
-        if image.mode != "I" or pixels.max(initial=0) > 255:  # mode "I" may hold 8-bit values
-            pixels = np.clip(pixels, 0, 65535) // 257
-        image = Image.fromarray(pixels.astype(np.uint8), mode="L")
+        image = Image.fromarray(_wide_to_8_bits(np.array(image)), mode="L")
     return image.convert("RGB")
+
+
+def _wide_to_8_bits(pixels: np.ndarray) -> np.ndarray:
+    """Scale 16-bit values (or 32-bit mode "I" values) to 8 bits, in place: no temporaries wider
+    than the input (int64 ones needed 8x a 16-bit image's size, ~0.8 GB for 50 megapixels)."""
+    if pixels.dtype.kind == "i":  # mode "I" (int32) may hold 8-bit values or 16-bit ones
+        if pixels.max(initial=0) <= 255:
+            return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
+        np.clip(pixels, 0, 65535, out=pixels)
+    pixels //= 257
+    return pixels.astype(np.uint8)
 
 
 class EvalPreprocessing:

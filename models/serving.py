@@ -7,11 +7,15 @@ without starting a server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,7 +39,9 @@ from .preprocessing import (
     EvalPreprocessing,
     ImageDecodeError,
     check_pixel_limit,
+    finish_decode,
     load_image,
+    open_image,
     to_rgb,
 )
 
@@ -47,6 +53,10 @@ SERVICE_NAME = "image_classifier"
 CPU_MAX_BATCH_SIZE = 16
 CUDA_MAX_BATCH_SIZE = 32
 MIN_API_KEY_LENGTH = 16
+# Two images at the per-image limit. A large PNG decodes at ~40 ns a pixel on the build machine
+# (a 48-megapixel one took 1.9 s), so a request stays within a few seconds of CPU; without a
+# request budget, 64 such images fit in one 10 MB request.
+DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS
 
 
 def load_service_config(path: Path) -> dict[str, Any]:
@@ -109,10 +119,30 @@ class ServingSettings(BaseModel):
     max_images_per_request: int = Field(
         64, ge=1, description="reject requests with more images than this (400)"
     )
+    max_request_pixels: int = Field(
+        DEFAULT_MAX_REQUEST_PIXELS,
+        ge=1,
+        description="reject requests whose images together decode to more pixels than this "
+        "(400), read from the headers before any is decoded; large JPEGs count at their "
+        "reduced decode size",
+    )
+    decode_cpu_budget_s: float = Field(
+        10.0,
+        gt=0,
+        description="CPU seconds one request's images may take to decode and resize; checked "
+        "between images, over it the request gets 400",
+    )
     max_request_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024,
         description="reject request bodies larger than this (413), before reading them",
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request body that stops arriving for this many seconds gets 408, "
+        "which frees its concurrency slot (a stalled upload would otherwise hold it until "
+        "traffic.timeout)",
     )
     api_keys: SecretStr | None = Field(
         None,
@@ -186,11 +216,13 @@ def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 @dataclass
 class RequestDecoding:
-    """How request validation decodes uploads; the service sets it once its model is loaded."""
+    """How uploads are decoded; the service sets it once its model is loaded."""
 
     max_pixels: int
     max_aspect_ratio: float
     max_images: int
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    cpu_budget_s: float = 10.0
     min_size: int | None = None  # reduced-size JPEG decode down to this (None: full decode)
     preprocessing: EvalPreprocessing | None = None  # resize/crop each image at request time
 
@@ -203,6 +235,8 @@ class RequestDecoding:
             max_pixels=settings.max_image_pixels,
             max_aspect_ratio=settings.max_aspect_ratio,
             max_images=settings.max_images_per_request,
+            max_request_pixels=settings.max_request_pixels,
+            cpu_budget_s=settings.decode_cpu_budget_s,
             min_size=preprocessing.config.resize_size if reduced else None,
             preprocessing=preprocessing,
         )
@@ -212,10 +246,10 @@ _REQUEST_DECODING: RequestDecoding | None = None
 
 
 def configure_request_decoding(settings: ServingSettings, preprocessing: EvalPreprocessing) -> None:
-    """Decode and resize/crop uploads for the loaded model, during request validation.
+    """Decode and resize/crop uploads for the loaded model, while each request is parsed.
 
-    That work then runs on the event loop while the previous batch's forward pass runs in its
-    thread, instead of serially inside the batch.
+    That work then runs on the decode thread while the previous batch's forward pass runs in its
+    own, instead of serially inside the batch.
     """
     global _REQUEST_DECODING
     _REQUEST_DECODING = RequestDecoding.from_settings(settings, preprocessing)
@@ -230,14 +264,119 @@ def _current_decoding() -> RequestDecoding:
     return _REQUEST_DECODING or _decoding_from_env()
 
 
-def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
-    """Turn one uploaded file into a fully decoded RGB image, or raise ``ValueError``.
+class RequestAbandonedError(Exception):
+    """The request timed out (504) or its client left while its images were being decoded."""
 
-    Runs while BentoML validates each request, before batching: a bad image fails its own
-    request with a 400 naming the problem and never reaches a batch shared with others. Once
-    the service has called :func:`configure_request_decoding`, large JPEGs decode at reduced
-    size and the image comes back already resized and cropped to the model's input.
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload already decoded (and prepared) by :func:`decode_uploads`. Only server code can
+    build one, so request validation passes it through instead of decoding it again."""
+
+    image: Image.Image
+
+
+def decode_uploads(
+    uploads: list[Any],
+    decoding: RequestDecoding | None = None,
+    abandoned: threading.Event | None = None,
+) -> list[DecodedImage]:
+    """Decode one request's uploads under its budgets, or raise ``ImageDecodeError`` (a 400).
+
+    Two passes. First every header is read (accepted formats only), each image checked against
+    the per-image limits and all of them against ``max_request_pixels``, so a request over
+    budget costs no decoding. Then each image is decoded and resized; between images the
+    request's CPU time (``cpu_budget_s``) and ``abandoned`` (its 504 or client disconnect) are
+    checked. Meant for the decode thread: CPU time is this thread's.
     """
+    decoding = decoding or _current_decoding()
+    started = time.thread_time()
+    opened = _open_all(uploads, decoding)
+    try:
+        _check_request_pixels(opened, decoding.max_request_pixels)
+        decoded = []
+        for name, image in opened:
+            _check_budget(started, decoding.cpu_budget_s, abandoned)
+            with telemetry.time_decode(), _named(name):
+                result = finish_decode(image)
+                if decoding.preprocessing is not None:
+                    result = decoding.preprocessing.prepare(result)
+            decoded.append(DecodedImage(result))
+        return decoded
+    finally:
+        for _, image in opened:
+            image.close()
+
+
+def _open_all(uploads: list[Any], decoding: RequestDecoding) -> list[tuple[str | None, Any]]:
+    opened: list[tuple[str | None, Any]] = []
+    try:
+        for upload in uploads:
+            name = getattr(upload, "filename", None)
+            with _named(name):
+                image = open_image(
+                    _upload_bytes(upload),
+                    max_pixels=decoding.max_pixels,
+                    min_size=decoding.min_size,
+                    max_aspect_ratio=decoding.max_aspect_ratio,
+                )
+            opened.append((name, image))
+    except BaseException:
+        for _, image in opened:
+            image.close()
+        raise
+    return opened
+
+
+def _upload_bytes(upload: Any) -> bytes:
+    raw = upload.file.read() if hasattr(upload, "file") else upload
+    if hasattr(raw, "read"):
+        raw = raw.read()
+    if not isinstance(raw, bytes | bytearray):
+        raise ImageDecodeError(f"expected an image file upload, got {type(upload).__name__}")
+    return bytes(raw)
+
+
+@contextlib.contextmanager
+def _named(name: str | None) -> Iterator[None]:
+    """Prefix decoding errors with the file's name, so the client knows which one failed."""
+    try:
+        yield
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
+
+
+def _check_request_pixels(opened: list[tuple[str | None, Any]], limit: int) -> None:
+    total = sum(image.width * image.height for _, image in opened)
+    if total > limit:
+        raise ImageDecodeError(
+            f"{len(opened)} images of {total} pixels in all, over the limit of {limit} per "
+            "request (CLASSIFIER_MAX_REQUEST_PIXELS): send fewer or smaller images per request"
+        )
+
+
+def _check_budget(started: float, budget_s: float, abandoned: threading.Event | None) -> None:
+    if abandoned is not None and abandoned.is_set():
+        raise RequestAbandonedError("request abandoned while its images were being decoded")
+    used = time.thread_time() - started
+    if used > budget_s:
+        raise ImageDecodeError(
+            f"decoding this request's images took {used:.1f} s of CPU, over the budget of "
+            f"{budget_s:g} s (CLASSIFIER_DECODE_CPU_BUDGET_S): send fewer or smaller images"
+        )
+
+
+def decode_upload(value: Any, max_pixels: int | None = None) -> Image.Image:
+    """Turn one image into a fully decoded RGB image, or raise ``ValueError``.
+
+    What request validation runs for each image: uploads parsed by :func:`install_request_parsing`
+    arrive decoded (:class:`DecodedImage`) and pass through; anything else (in-process callers'
+    PIL images, bytes) is decoded here under the same limits. Once the service has called
+    :func:`configure_request_decoding`, large JPEGs decode at reduced size and the image comes
+    back already resized and cropped to the model's input.
+    """
+    if isinstance(value, DecodedImage):
+        return value.image
     decoding = _current_decoding()
     with telemetry.time_decode():
         image = _decode(
@@ -259,17 +398,13 @@ def _decode(
         except Exception as exc:
             raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     name = getattr(value, "filename", None)
-    raw = value.file.read() if hasattr(value, "file") else value
-    if hasattr(raw, "read"):
-        raw = raw.read()
-    if not isinstance(raw, bytes | bytearray):
-        raise ImageDecodeError(f"expected an image file upload, got {type(value).__name__}")
-    try:
+    with _named(name):
         return load_image(
-            bytes(raw), max_pixels=max_pixels, min_size=min_size, max_aspect_ratio=max_aspect_ratio
+            _upload_bytes(value),
+            max_pixels=max_pixels,
+            min_size=min_size,
+            max_aspect_ratio=max_aspect_ratio,
         )
-    except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
 
 
 UploadedImage = Annotated[Image.Image, BeforeValidator(decode_upload)]
@@ -289,60 +424,38 @@ def check_image_count(value: Any) -> Any:
 UploadedImages = Annotated[list[UploadedImage], BeforeValidator(check_image_count)]
 
 
-# Large requests are decoded (and resized) on this one thread, not on the event loop: many large
-# images then never stall health checks, 429s or the 504 timer; one thread keeps decoding
-# serial, as on the loop, so it does not crowd out the forward pass on small CPUs.
+# Every request's images are decoded (and resized) on this one thread, never on the event loop:
+# no upload, however its header misleads, can stall health checks, 429s or the 504 timer while
+# it decodes (Pillow's codecs release the GIL). One thread keeps decoding serial, as the loop
+# did, so it does not crowd out the forward pass on small CPUs. The handoff costs a small
+# request a few milliseconds (docs/reliability.md).
 _DECODE_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
-
-# Requests with at most this many pixels in all (read from the image headers) are decoded on the
-# event loop: ~10-40 ms of work, less than the thread handoff costs a single small request
-# (measured: +3.7 ms p50 at C=1, efficientnet_b0; docs/reliability.md).
-INLINE_DECODE_PIXELS = 4_000_000
+MULTIPART = "multipart/form-data"
 
 
-def _header_pixels(data: dict) -> int:
-    """Total width x height of the uploads, from their headers only (nothing is decoded)."""
-    total = 0
-    for uploads in data.values():
-        for upload in uploads:
-            stream = upload.file
-            try:
-                with Image.open(stream) as image:
-                    total += image.width * image.height
-            except Exception:
-                pass  # not an image: decoding will say so, cheaply
-            finally:
-                stream.seek(0)
-    return total
-
-
-async def _validate_off_the_loop(model: Any, data: dict) -> Any:
+async def _decode_off_the_loop(uploads: list[Any]) -> list[DecodedImage]:
     abandoned = threading.Event()
-
-    def validate() -> Any:
-        if abandoned.is_set():  # timed out (504) or client gone while queued: skip the work
-            raise ValueError("request abandoned before its images were decoded")
-        return model.model_validate(data)
-
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.get_running_loop().run_in_executor(_DECODE_EXECUTOR, validate)
+        return await loop.run_in_executor(
+            _DECODE_EXECUTOR, functools.partial(decode_uploads, uploads, abandoned=abandoned)
+        )
     except asyncio.CancelledError:
-        abandoned.set()
+        abandoned.set()  # timed out (504) or client gone: stop at the next image
         raise
 
 
 def install_request_parsing(method: Any) -> None:
-    """Parse this API's requests ourselves: files only, large requests decoded off the event
-    loop, and every malformed request a 400.
+    """Parse this API's requests ourselves: multipart files only, decoded off the event loop
+    under the request's budgets, and every malformed request a 4xx.
 
     ``method`` is a BentoML API method (``Service.apis[name]``); its input model is replaced by a
-    subclass (same fields and schema). For multipart requests it reads the form and refuses:
-    a malformed body; fields other than the model's; and text values in file fields. BentoML
-    would fetch a text value as a URL, outside the body limit. Then it validates (decodes):
-    on the event loop up to :data:`INLINE_DECODE_PIXELS` in all, else on
-    :data:`_DECODE_EXECUTOR`. Other content types keep BentoML's parsing, with errors it
-    reports as 500 turned into 400.
+    subclass (same fields and schema). It refuses, before reading the body: any content type but
+    ``multipart/form-data`` (415; BentoML would parse a urlencoded body as multipart and fetch
+    every value as a URL, server-side). Then it reads the form and refuses: a malformed body;
+    fields other than the model's; text values in file fields; too many or no images. The
+    images are decoded on :data:`_DECODE_EXECUTOR` (:func:`decode_uploads`).
     """
     from bentoml.exceptions import BadInput
     from starlette.datastructures import UploadFile
@@ -350,39 +463,66 @@ def install_request_parsing(method: Any) -> None:
     from starlette.formparsers import MultiPartException
 
     spec = method.input_spec
-    file_fields = set(spec.multipart_fields)
+    file_fields = sorted(spec.multipart_fields)
+    expected = ", ".join(f"`{field}`" for field in file_fields)
+
+    async def read_uploads(request: Any) -> dict[str, list]:
+        _require_multipart(request.headers.get("content-type", ""), expected)
+        try:
+            form = await request.form()
+        except UnicodeDecodeError:
+            raise BadInput("malformed request: binary data where text was expected") from None
+        except (MultiPartException, HTTPException) as exc:
+            reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+            raise BadInput(f"malformed request: {reason}") from None
+        data: dict[str, list] = {field: [] for field in file_fields}
+        for name, value in form.multi_items():
+            if name not in data:
+                raise BadInput(f"unexpected field `{name}`: send the images as files in {expected}")
+            if not isinstance(value, UploadFile):
+                raise BadInput(
+                    f"`{name}` must hold uploaded files, not text (URLs are not fetched)"
+                )
+            data[name].append(value)
+        return data
 
     class ParsedInput(spec):  # type: ignore[misc, valid-type]
         @classmethod
         async def from_http_request(cls, request: Any, serde: Any) -> Any:
-            content_type = request.headers.get("content-type", "")
+            data = await read_uploads(request)
             try:
-                if not content_type.startswith("multipart/form-data"):
-                    return await super().from_http_request(request, serde)
-                form = await request.form()
-            except UnicodeDecodeError:
-                raise BadInput("malformed request: binary data where text was expected") from None
-            except (MultiPartException, HTTPException) as exc:
-                reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
-                raise BadInput(f"malformed request: {reason}") from None
-            data: dict[str, list] = {}
-            for name, value in form.multi_items():
-                if name not in file_fields:
-                    expected = ", ".join(f"`{f}`" for f in sorted(file_fields))
-                    raise BadInput(
-                        f"unexpected field `{name}`: send the images as files in {expected}"
-                    )
-                if not isinstance(value, UploadFile):
-                    raise BadInput(
-                        f"`{name}` must hold uploaded files, not text (URLs are not fetched)"
-                    )
-                data.setdefault(name, []).append(value)
-            if _header_pixels(data) <= INLINE_DECODE_PIXELS:
-                return cls.model_validate(data)  # small: a thread handoff would cost more
-            return await _validate_off_the_loop(cls, data)
+                for uploads in data.values():
+                    check_image_count(uploads)
+                decoded = {
+                    name: await _decode_off_the_loop(uploads) for name, uploads in data.items()
+                }
+            except ValueError as exc:  # ImageDecodeError included
+                raise BadInput(str(exc)) from None
+            return cls.model_validate(decoded)
 
     ParsedInput.__name__ = ParsedInput.__qualname__ = spec.__name__
     method.input_spec = ParsedInput
+
+
+def _require_multipart(content_type: str, expected: str) -> None:
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type != MULTIPART:
+        got = f"`{media_type}`" if media_type else "no content type"
+        raise _unsupported_media_type()(
+            f"send {MULTIPART} with the images as files in {expected} (for example "
+            f"`curl -F images=@cat.jpg`); got {got}. URLs and text are not accepted."
+        )
+
+
+@functools.cache
+def _unsupported_media_type() -> type[Exception]:
+    """BentoML's error type for 415 (it answers ``{"error": message}`` with the status)."""
+    from bentoml.exceptions import BentoMLException
+
+    class UnsupportedMediaType(BentoMLException):
+        error_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+    return UnsupportedMediaType
 
 
 class ModelRef(BaseModel):

@@ -120,14 +120,14 @@ def test_request_level_mistakes_are_4xx(guarded_server):
     as_json = requests.post(
         f"{url}/classify", json={"images": ["cat.jpg"]}, headers=AUTH, timeout=30
     )
-    assert as_json.status_code == 400 and "expected an image file upload" in as_json.text
+    assert as_json.status_code == 415 and "send multipart/form-data" in as_json.text
     raw = requests.post(
         f"{url}/classify",
         data=_jpeg(),
         headers={**AUTH, "Content-Type": "image/jpeg"},
         timeout=30,
     )
-    assert 400 <= raw.status_code < 500, raw.text
+    assert raw.status_code == 415 and "got `image/jpeg`" in raw.text
 
 
 def test_oversize_bodies_get_413_before_being_parsed(guarded_server):
@@ -255,7 +255,12 @@ def tight_server(single_label_bento, session_dir):
     with bentoml_server(
         str(single_label_bento.tag),
         session_dir / "serve-tight.log",
-        extra_env={"BENTOML_CONFIG_OPTIONS": options},
+        # A request far over the pixel and CPU budgets, so that it meets the time limit first.
+        extra_env={
+            "BENTOML_CONFIG_OPTIONS": options,
+            "CLASSIFIER_MAX_REQUEST_PIXELS": str(10**9),
+            "CLASSIFIER_DECODE_CPU_BUDGET_S": "120",
+        },
     ) as url:
         yield url
 
@@ -285,6 +290,7 @@ def test_requests_over_the_time_limit_get_504_and_never_block_the_server(tight_s
     pattern = np.stack([(x // 16) % 256, (y // 12) % 256, ((x + y) // 20) % 256], axis=-1)
     big = _encode(Image.fromarray(pattern.astype(np.uint8)), "PNG")
     files = [("images", (f"{i}.png", big, "image/png")) for i in range(48)]
+    decoded_before = _decoded_images(tight_server)
     with ThreadPoolExecutor(1) as pool:
         started = time.perf_counter()
         heavy = pool.submit(requests.post, f"{tight_server}/classify", files=files, timeout=60)
@@ -300,6 +306,30 @@ def test_requests_over_the_time_limit_get_504_and_never_block_the_server(tight_s
     assert probe_s < 2.0, f"/livez took {probe_s:.2f}s during a heavy request"
     assert elapsed < 10, f"504 after {elapsed:.1f}s"
     assert requests.get(f"{tight_server}/readyz", timeout=30).status_code == 200
+    # Decoding stops at the next image once the request is abandoned: not all 48 are decoded.
+    decoded = _settled_decode_count(tight_server) - decoded_before
+    assert decoded < 40, f"{decoded:.0f} of 48 images decoded after the 504"
+
+
+def _settled_decode_count(url: str, timeout_s: float = 60) -> float:
+    """The decoded-image count once it stops moving (no new image for 2 s)."""
+    deadline = time.monotonic() + timeout_s
+    count = _decoded_images(url)
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        previous, count = count, _decoded_images(url)
+        if count == previous:
+            break
+    return count
+
+
+def _decoded_images(url: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("image_classifier_image_decode_seconds_count")
+    )
 
 
 def _serve_command(port: int) -> list[str]:

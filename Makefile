@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 TRACKING_URI ?= sqlite:///mlflow.db
 MODEL_URI ?= models:/image-classifier@champion
 PORT ?= 3000
+# Loopback only: API keys are off by default. HOST=0.0.0.0 exposes it (see README, Serving).
+HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 # Shipping (see README, "Ship it")
 BENTO ?= image-classifier:latest
@@ -51,8 +53,8 @@ train-multilabel: install demo-data ## train the multi-label demo (CSV manifest)
 import: install ## import MODEL_URI from the MLflow registry into the BentoML store
 	$(PY) -m models import $(MODEL_URI) --tracking-uri $(TRACKING_URI)
 
-serve: install ## serve the latest imported model on PORT (bentoml serve)
-	$(VENV)/bin/bentoml serve --port $(PORT)
+serve: install ## serve the latest imported model on HOST:PORT (bentoml serve; 127.0.0.1 by default)
+	$(VENV)/bin/bentoml serve --host $(HOST) --port $(PORT)
 
 quickstart: install demo-data ## set up, train if nothing is registered, import, serve
 	@if ! $(PY) -m models resolve $(MODEL_URI) --tracking-uri $(TRACKING_URI); then \
@@ -92,7 +94,7 @@ COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) 
 	echo "$(VENV)/lib/python3.11/site-packages/compose/docker-compose")
 
 stack-config: install ## validate docker-compose.yml (both profiles) with Compose v2 `config`
-	POSTGRES_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
+	POSTGRES_PASSWORD=x MLFLOW_ADMIN_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
 		$(COMPOSE) --env-file /dev/null config --quiet && echo "docker-compose.yml: valid"
 
 BENCH_ARGS ?=

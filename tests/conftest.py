@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TIERS = ("unit", "training", "integration", "containers")
+CONTAINER_TEST_TIMEOUT_S = 2400
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +30,10 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(item.fspath).relative_to(PROJECT_ROOT / "tests").parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "containers":
+            # The first test of a module also pays for its fixtures: image builds (several
+            # minutes each) and a training run, well over the default 900 s on a busy machine.
+            item.add_marker(pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S))
 
 
 def pytest_unconfigure(config):

@@ -2,7 +2,7 @@
 
 Needs a Docker engine (DOCKER_HOST; `.ci/docker-engine install && .ci/docker-engine start`) and
 Debian's Docker CLI, whose built-in BuildKit BentoML's docker backend uses. The base images the
-project names upstream (python:3.11-slim, postgres, prometheus) are built locally by
+project names upstream (python:3.11-slim, postgres, prometheus, nginx) are built locally by
 `standins/build.sh`, because no registry is reachable from CI.
 """
 

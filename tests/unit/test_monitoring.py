@@ -141,15 +141,19 @@ def compose_config(profiles: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-PASSWORDS = {"POSTGRES_PASSWORD": "pg-secret", "GRAFANA_ADMIN_PASSWORD": "gf-secret"}
+PASSWORDS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "MLFLOW_ADMIN_PASSWORD": "mlflow-secret",
+    "GRAFANA_ADMIN_PASSWORD": "gf-secret",
+}
 
 
 def test_compose_file_is_valid_for_both_profiles():
     result = compose_config("gpu,cpu", **PASSWORDS)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    assert {"classifier", "classifier-cpu", "gpu-exporter", "postgres", "mlflow", "prometheus",
-            "grafana"} <= services.keys()  # fmt: skip
+    assert {"classifier", "classifier-cpu", "gpu-exporter", "proxy", "postgres", "mlflow",
+            "prometheus", "grafana"} <= services.keys()  # fmt: skip
     gpu = services["classifier"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu[0]["driver"] == "nvidia" and gpu[0]["capabilities"] == ["gpu"]
     assert "reservations" not in services["classifier-cpu"]["deploy"]["resources"]
@@ -171,16 +175,65 @@ def test_compose_file_is_valid_for_both_profiles():
 
 
 def test_compose_refuses_to_start_without_passwords():
-    result = compose_config("cpu")
-    assert result.returncode != 0
-    assert "POSTGRES_PASSWORD" in result.stderr or "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert compose_config("cpu").returncode != 0
+    for missing in PASSWORDS:
+        others = {name: value for name, value in PASSWORDS.items() if name != missing}
+        result = compose_config("cpu", **others)
+        assert result.returncode != 0, missing
+        assert missing in result.stderr
 
 
-def test_compose_publishes_beyond_loopback_only_when_asked():
-    result = compose_config("cpu", BIND_ADDRESS="0.0.0.0", **PASSWORDS)
+def test_compose_publishes_beyond_loopback_only_when_asked_and_the_classifier_never():
+    result = compose_config("gpu,cpu", BIND_ADDRESS="0.0.0.0", **PASSWORDS)
     assert result.returncode == 0, result.stderr
-    ports = json.loads(result.stdout)["services"]["grafana"]["ports"]
-    assert ports[0]["host_ip"] == "0.0.0.0"
+    services = json.loads(result.stdout)["services"]
+    for name in ("grafana", "proxy", "mlflow"):
+        assert services[name]["ports"][0]["host_ip"] == "0.0.0.0", name
+    # Beyond this host the classifier is reached only through the buffering proxy.
+    for name in ("classifier", "classifier-cpu"):
+        assert [port["host_ip"] for port in services[name]["ports"]] == ["127.0.0.1"], name
+    proxy = services["proxy"]
+    mounts = {v["target"]: v["source"] for v in proxy["volumes"]}
+    assert mounts["/etc/nginx/nginx.conf"].endswith("deploy/proxy/nginx.conf")
+    assert proxy["ports"][0]["target"] == 8080
+
+
+def test_no_password_is_in_any_container_configuration():
+    """Passwords travel as compose secrets (files under /run/secrets), so `docker inspect`
+    cannot show them: no service's environment, command or labels holds one."""
+    result = compose_config("gpu,cpu", **PASSWORDS)
+    assert result.returncode == 0, result.stderr
+    project = json.loads(result.stdout)
+    for name, service in project["services"].items():
+        exposed = json.dumps(
+            {key: service.get(key) for key in ("environment", "command", "labels", "entrypoint")}
+        )
+        for password in PASSWORDS.values():
+            assert password not in exposed, (name, password)
+    assert {name: secret["environment"] for name, secret in project["secrets"].items()} == {
+        "postgres_password": "POSTGRES_PASSWORD",
+        "mlflow_admin_password": "MLFLOW_ADMIN_PASSWORD",
+        "grafana_admin_password": "GRAFANA_ADMIN_PASSWORD",
+    }
+    services = project["services"]
+    uses = {name: {s["source"] for s in svc.get("secrets", [])} for name, svc in services.items()}
+    assert uses["postgres"] == {"postgres_password"}
+    assert uses["mlflow"] == {"postgres_password", "mlflow_admin_password"}
+    assert uses["grafana"] == {"grafana_admin_password"}
+    postgres_env = services["postgres"]["environment"]
+    assert postgres_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
+        "/run/secrets/grafana_admin_password"
+    )
+
+
+def test_grafana_is_pinned_to_the_patch_release_the_readme_names():
+    result = compose_config("cpu", **PASSWORDS)
+    image = json.loads(result.stdout)["services"]["grafana"]["image"]
+    version = re.fullmatch(r"grafana/grafana:(\d+\.\d+\.\d+)", image)
+    assert version, f"{image}: pin a specific patch release"
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert re.search(rf"Grafana {re.escape(version.group(1))}\b.*latest patched release", readme)
 
 
 def test_no_default_passwords_in_repo_files():

@@ -1,6 +1,11 @@
 #!/bin/sh
 set -eu
-: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
+# Like upstream: POSTGRES_PASSWORD_FILE (a compose secret) instead of the variable, read as root.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+    unset POSTGRES_PASSWORD_FILE
+fi
+: "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE must be set}"
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
 as_postgres() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
@@ -21,4 +26,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         echo "CREATE DATABASE \"$db\" OWNER \"$user\";" | as_postgres postgres --single -D "$PGDATA" postgres >/dev/null
     fi
 fi
+unset POSTGRES_PASSWORD  # the server has no use for it
 exec setpriv --reuid=postgres --regid=postgres --init-groups "$@"

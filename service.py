@@ -18,6 +18,7 @@ from PIL import Image
 from models import telemetry
 from models.artifact import ArtifactError, check_artifact
 from models.bento_import import artifact_dir
+from models.http_front import FrontedService, OverloadAnswers, quiet_client_errors
 from models.labels import Task
 from models.predictor import Predictor, TorchThread
 from models.request_guard import RequestGuard
@@ -111,7 +112,14 @@ except ArtifactError as exc:
     ) from None
 
 
-@bentoml.service(name=SERVICE_NAME, image=IMAGE, envs=IMAGE_ENVS, **SERVICE_CONFIG)
+# FrontedService: front middlewares run outside BentoML's metrics and concurrency limiter (below).
+@bentoml.service(
+    name=SERVICE_NAME,
+    image=IMAGE,
+    envs=IMAGE_ENVS,
+    service_class=FrontedService,
+    **SERVICE_CONFIG,
+)
 class ImageClassifier:
     bento_model = SERVED_MODEL
 
@@ -208,10 +216,27 @@ class ImageClassifier:
         )
 
 
-# API keys and the body limit, checked before a request body is read (models/request_guard.py).
+# API keys and the body limit, checked before a request body is read, and the body read timeout
+# (models/request_guard.py).
 ImageClassifier.add_asgi_middleware(
-    RequestGuard, api_keys=SETTINGS.api_key_list(), max_body_bytes=SETTINGS.max_request_bytes
+    RequestGuard,
+    api_keys=SETTINGS.api_key_list(),
+    max_body_bytes=SETTINGS.max_request_bytes,
+    body_read_timeout_s=SETTINGS.body_read_timeout_s,
 )
+# Outside BentoML's limiter: Retry-After on 429/503, and a 503 body that says the batcher shed
+# the request (models/http_front.py). Unknown paths fold into one metrics label there too.
+ImageClassifier.add_front_middleware(
+    OverloadAnswers,
+    retry_after_s=1,
+    shed_paths=["/classify"],
+    shed_message=(
+        "overloaded: adaptive batching predicted this request would wait longer than "
+        f"CLASSIFIER_MAX_LATENCY_MS ({SETTINGS.max_latency_ms} ms) and shed it; retry later"
+    ),
+)
+# A bad upload is one WARNING line, not an ERROR with a traceback.
+quiet_client_errors()
 # Uploads: files only, large requests decoded off the event loop, malformed requests a 400
 # (models/serving.py).
 install_request_parsing(ImageClassifier.apis["classify"])

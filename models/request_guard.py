@@ -1,8 +1,11 @@
-"""ASGI middleware in front of the classifier's endpoints: API keys and the request-body limit.
+"""ASGI middleware in front of the classifier's endpoints: API keys, the request-body limit and
+the body read timeout.
 
-Both checks run before the body is read, so a client without a key or with a 2 GB upload costs
-the server a few header comparisons, not memory. Health, metrics and the API docs stay open:
-orchestrators and Prometheus call them without credentials, and the spec holds no secrets.
+The key and declared-size checks run before the body is read, so a client without a key or with
+a 2 GB upload costs the server a few header comparisons, not memory. A body that stops arriving
+for ``body_read_timeout_s`` gets 408, so a slow or stalled client cannot hold a concurrency slot
+for the whole request time limit. Health, metrics and the API docs stay open: orchestrators and
+Prometheus call them without credentials, and the spec holds no secrets.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
@@ -18,6 +22,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
 
 # /schema.json: what the BentoML SDK clients read before their first call.
 OPEN_PATHS = frozenset(
@@ -31,17 +37,29 @@ def is_open_path(path: str) -> bool:
 
 
 class RequestGuard:
-    """Refuse requests without a valid API key (401) and bodies over ``max_body_bytes`` (413).
+    """Refuse requests without a valid API key (401), bodies over ``max_body_bytes`` (413) and
+    bodies that stall for ``body_read_timeout_s`` seconds (408).
 
     ``api_keys`` empty: no authentication. Keys are accepted as ``Authorization: Bearer <key>``
     (what BentoML's clients send for ``token=``) or ``X-API-Key: <key>``; several keys allow
     rotation without downtime.
     """
 
-    def __init__(self, app: ASGIApp, api_keys: Sequence[str], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Sequence[str],
+        max_body_bytes: int,
+        body_read_timeout_s: float = 10.0,
+    ) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        if body_read_timeout_s <= 0:
+            raise ValueError(f"body_read_timeout_s must be > 0, got {body_read_timeout_s}")
         self.app = app
         self.api_keys = [key.encode() for key in api_keys]
         self.max_body_bytes = max_body_bytes
+        self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" or is_open_path(scope.get("path", "")):
@@ -54,7 +72,7 @@ class RequestGuard:
                 return
             await self.app(scope, receive, send)
             return
-        refuse = _Refusal(receive, send, headers, drain_limit=2 * self.max_body_bytes)
+        refuse = _Refusal(send)
         # CORS preflights carry no credentials by design; they reach no endpoint.
         if self.api_keys and scope["method"] != "OPTIONS" and not self._has_valid_key(headers):
             await refuse(
@@ -73,8 +91,14 @@ class RequestGuard:
             if declared_bytes > self.max_body_bytes:
                 await refuse(413, self._too_large_message(declared_bytes))
                 return
-        too_large = self._too_large_message(None)
-        await _BodyLimit(self.app, self.max_body_bytes, too_large, refuse)(scope, receive, send)
+        watch = _BodyWatch(
+            self.app,
+            limit=self.max_body_bytes,
+            too_large=self._too_large_message(None),
+            read_timeout_s=self.body_read_timeout_s,
+            refuse=refuse,
+        )
+        await watch(scope, receive, send)
 
     def _has_valid_key(self, headers: dict[bytes, bytes]) -> bool:
         offered = [headers.get(b"x-api-key", b"").strip()]
@@ -94,62 +118,84 @@ class RequestGuard:
         return f"{what} over the limit of {limit}"
 
 
-class _BodyLimit:
-    """Count the body as it streams (chunked uploads declare no length); past the limit, tell the
-    app the client left and answer 413 in place of whatever the app then sends."""
+class _BodyWatch:
+    """Watch the body as it streams: count it (chunked uploads declare no length) and time each
+    read. Past the limit (413) or after ``read_timeout_s`` without a byte (408), tell the app the
+    client left and answer with that refusal in place of whatever the app then sends."""
 
-    def __init__(self, app: ASGIApp, limit: int, message: str, refuse: _Refusal) -> None:
-        self.app, self.limit, self.message, self.refuse = app, limit, message, refuse
+    def __init__(
+        self, app: ASGIApp, limit: int, too_large: str, read_timeout_s: float, refuse: _Refusal
+    ) -> None:
+        self.app, self.limit, self.too_large, self.refuse = app, limit, too_large, refuse
+        self.read_timeout_s = read_timeout_s
         self.received = 0
-        self.exceeded = False
+        self.body_complete = False
+        self.refusal: tuple[int, str] | None = None
         self.response_started = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._receive, self._send = receive, send
         try:
-            await self.app(scope, self._limited_receive, self._guarded_send)
+            await self.app(scope, self._watched_receive, self._guarded_send)
         except Exception:
-            if not self.exceeded:
+            if self.refusal is None:
                 raise
-        if self.exceeded and not self.response_started:
-            await self._send_too_large()
+        if self.refusal is not None and not self.response_started:
+            await self._send_refusal()
 
-    async def _limited_receive(self) -> Message:
-        if self.exceeded:
+    async def _watched_receive(self) -> Message:
+        if self.refusal is not None:
             return {"type": "http.disconnect"}
-        message = await self._receive()
+        if self.body_complete:
+            # The app waiting for a disconnect after the body: not a stalled upload.
+            return await self._receive()
+        try:
+            message = await asyncio.wait_for(self._receive(), self.read_timeout_s)
+        except TimeoutError:
+            return self._refuse(408, self._stalled_message())
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
+            self.body_complete = not message.get("more_body", False)
             if self.received > self.limit:
-                self.exceeded = True
-                return {"type": "http.disconnect"}
+                return self._refuse(413, self.too_large)
         return message
 
+    def _refuse(self, status: int, message: str) -> Message:
+        self.refusal = (status, message)
+        return {"type": "http.disconnect"}
+
+    def _stalled_message(self) -> str:
+        return (
+            f"request body stalled: no bytes for {self.read_timeout_s:g} s after "
+            f"{self.received} bytes (CLASSIFIER_BODY_READ_TIMEOUT_S)"
+        )
+
     async def _guarded_send(self, message: Message) -> None:
-        if self.exceeded:
+        if self.refusal is not None:
             if not self.response_started:
-                await self._send_too_large()
+                await self._send_refusal()
             return
         if message["type"] == "http.response.start":
             self.response_started = True
         await self._send(message)
 
-    async def _send_too_large(self) -> None:
+    async def _send_refusal(self) -> None:
+        assert self.refusal is not None
         self.response_started = True
-        await self.refuse(413, self.message)
+        status, message = self.refusal
+        logger.warning("refused a request: %d %s", status, message)
+        await self.refuse(status, message)
 
 
 class _Refusal:
-    """Send an error response, then read and discard the rest of the request body (up to
-    ``drain_limit`` bytes or ``drain_s`` seconds). Clients that upload the whole body before
-    reading the answer (most HTTP libraries) would otherwise see a connection reset, not the
-    error. Not when the client waits for ``100 Continue``: it never sends the body."""
+    """Send an error response that closes the connection.
 
-    drain_s = 10.0
+    The rest of the body is not read: waiting for it would keep the request, and its
+    concurrency slot, for as long as the client cares to send (uvicorn, which BentoML runs on,
+    reads no more of a request once its answer is complete, and closes the connection)."""
 
-    def __init__(self, receive: Receive, send: Send, headers: dict, drain_limit: int) -> None:
-        self.receive, self.send, self.drain_limit = receive, send, drain_limit
-        self.expects_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+    def __init__(self, send: Send) -> None:
+        self.send = send
 
     async def __call__(
         self, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
@@ -157,25 +203,6 @@ class _Refusal:
         await _send_error(
             self.send, status, message, [(b"connection", b"close"), *(extra_headers or [])]
         )
-        if not self.expects_continue:
-            await self._drain()
-
-    async def _drain(self) -> None:
-        drained = 0
-        deadline = asyncio.get_running_loop().time() + self.drain_s
-        while drained <= self.drain_limit:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return
-            try:
-                message = await asyncio.wait_for(self.receive(), remaining)
-            except (TimeoutError, OSError):
-                return
-            if message["type"] != "http.request":
-                return
-            drained += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
 
 async def _send_error(

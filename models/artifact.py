@@ -119,6 +119,22 @@ def check_artifact(directory: str | Path) -> ModelSpec:
     return spec
 
 
+def _state_dict_mismatches(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], spec: ModelSpec
+) -> list[str]:
+    """What keeps ``found`` from loading into a model that expects ``expected``, tensor by
+    tensor (torch's own message is one long line that names the model class, not the spec)."""
+    model = f"{spec.architecture} with {spec.num_classes} classes"
+    problems = [
+        f"tensor {name} has shape {tuple(found[name].shape)}, {model} expects {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in found and found[name].shape != tensor.shape
+    ]
+    problems += [f"tensor {name} is missing" for name in expected if name not in found]
+    problems += [f"tensor {name} is not part of {model}" for name in found if name not in expected]
+    return problems
+
+
 def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     """Rebuild the model (in eval mode, on CPU) and its spec from an artifact directory."""
     from safetensors import SafetensorError
@@ -126,12 +142,19 @@ def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
 
     spec = read_spec(directory)
     weights = _weights_file(directory)
-    model = create_classifier(spec.architecture, spec.num_classes)
+    try:
+        model = create_classifier(spec.architecture, spec.num_classes)
+    except ValueError as exc:  # an architecture this timm does not know
+        raise ArtifactError(f"{Path(directory) / SPEC_FILE}: {exc}") from exc
     try:
         state = load_file(str(weights))
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"cannot load weights from {weights}: {exc}") from exc
+    problems = _state_dict_mismatches(model.state_dict(), state, spec)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ArtifactError(f"cannot load weights from {weights}: {'; '.join(problems[:5])}{more}")
+    model.load_state_dict(state, strict=True)
     return model.eval(), spec
 
 
@@ -148,4 +171,20 @@ def classifier_artifact_dir(mlflow_model_dir: str | Path) -> Path:
         raise FileNotFoundError(
             f"{mlmodel} has no '{MLFLOW_ARTIFACT_KEY}' artifact: not a model of this project"
         )
-    return Path(mlflow_model_dir) / entry["path"]
+    return _confined(Path(mlflow_model_dir), str(entry["path"]), mlmodel)
+
+
+def _confined(model_dir: Path, relative: str, mlmodel: Path) -> Path:
+    """``model_dir / relative``, resolved (symlinks too), if it stays inside ``model_dir``.
+
+    MLmodel comes with the downloaded model: an absolute path or ``..`` in it would make us
+    read a spec and weights from anywhere on the machine.
+    """
+    root = model_dir.resolve()
+    target = (root / relative).resolve()
+    if Path(relative).is_absolute() or not target.is_relative_to(root):
+        raise ArtifactError(
+            f"{mlmodel}: the '{MLFLOW_ARTIFACT_KEY}' artifact path {relative!r} leads outside "
+            f"the model directory {root}; refusing to read it"
+        )
+    return target

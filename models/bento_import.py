@@ -3,7 +3,8 @@
 Accepts ``models:/Name@alias``, ``models:/Name/<version>`` and ``runs:/<run_id>/<path>``. The Bento
 model carries the MLflow model (pyfunc, so it still works with MLflow's tools) and labels that
 trace it back: tracking URI, run id, registered name and version. Importing the same MLflow
-version twice returns the existing Bento model instead of creating a duplicate.
+version twice returns the existing Bento model instead of creating a duplicate, unless that copy
+is damaged: then it is replaced.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from pathlib import Path
 import bentoml
 
 from . import tracking_server
-from .artifact import ArtifactError, ModelSpec, check_artifact, classifier_artifact_dir
+from .artifact import (
+    ArtifactError,
+    ModelSpec,
+    check_artifact,
+    classifier_artifact_dir,
+    load_artifact,
+)
 from .tracking_server import TrackingServerError, redact
 
 logger = logging.getLogger(__name__)
@@ -151,8 +158,63 @@ def find_existing(bento_name: str, source: MlflowSource) -> bentoml.Model | None
 
 
 def artifact_dir(bento_model: bentoml.Model) -> Path:
-    """Where the classifier artifact (weights + spec) lives inside an imported Bento model."""
+    """Where the classifier artifact (weights + spec) lives inside an imported Bento model.
+
+    Raises ``ArtifactError`` when the stored MLmodel points outside the stored model.
+    """
     return classifier_artifact_dir(bento_model.path_of(MLFLOW_MODEL_DIR))
+
+
+def _damage(bento_model: bentoml.Model) -> str | None:
+    """Why a stored model cannot be served (the same cheap check `service.py` runs), or None."""
+    try:
+        check_artifact(artifact_dir(bento_model))
+    except (ArtifactError, FileNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
+def _reuse_existing(bento_name: str, source: MlflowSource) -> bentoml.Model | None:
+    """The intact Bento model already imported from ``source``; a damaged one is deleted, so
+    that importing again is the fix the service's error message promises."""
+    existing = find_existing(bento_name, source)
+    if existing is None:
+        return None
+    damage = _damage(existing)
+    if damage is not None:
+        logger.warning(
+            "%s is damaged (%s); deleting it and importing it again from %s",
+            existing.tag,
+            damage,
+            source.download_uri,
+        )
+        bentoml.models.delete(existing.tag)
+        return None
+    logger.info("%s is already imported as %s", source.download_uri, existing.tag)
+    latest = bentoml.models.get(f"{bento_name}:latest")
+    if latest.tag != existing.tag:
+        logger.warning(
+            "%s:latest is %s, not this model; serve it with CLASSIFIER_MODEL_TAG=%s",
+            bento_name,
+            latest.tag,
+            existing.tag,
+        )
+    return existing
+
+
+def _validate_download(local: str, source: MlflowSource) -> ModelSpec:
+    """Our model, confined to its directory, and loadable: the model is built and its weights
+    loaded once here, on the CPU, so wrong tensor shapes are refused before anything is stored
+    (not found by server workers that BentoML restarts over and over)."""
+    try:
+        directory = classifier_artifact_dir(local)
+        check_artifact(directory)
+        _, spec = load_artifact(directory)
+    except (ArtifactError, FileNotFoundError) as exc:
+        raise ModelImportError(
+            f"{source.download_uri} is not a classifier model from this project: {exc}"
+        ) from exc
+    return spec
 
 
 def _metadata(spec: ModelSpec, source: MlflowSource, client) -> dict:
@@ -186,17 +248,8 @@ def import_from_mlflow(
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     source = resolve_source(model_uri, client)
 
-    existing = find_existing(bento_name, source)
+    existing = _reuse_existing(bento_name, source)
     if existing is not None:
-        logger.info("%s is already imported as %s", source.download_uri, existing.tag)
-        latest = bentoml.models.get(f"{bento_name}:latest")
-        if latest.tag != existing.tag:
-            logger.warning(
-                "%s:latest is %s, not this model; serve it with CLASSIFIER_MODEL_TAG=%s",
-                bento_name,
-                latest.tag,
-                existing.tag,
-            )
         return existing, False
 
     # Download and validate first: a model that cannot be served never enters the store.
@@ -207,12 +260,7 @@ def import_from_mlflow(
             )
         except Exception as exc:  # MLflow raises several unrelated types for a failed download
             raise ModelImportError(f"cannot download {source.download_uri}: {exc}") from exc
-        try:
-            spec = check_artifact(classifier_artifact_dir(local))
-        except (ArtifactError, FileNotFoundError) as exc:
-            raise ModelImportError(
-                f"{source.download_uri} is not a classifier model from this project: {exc}"
-            ) from exc
+        spec = _validate_download(local, source)
         try:
             bento_model = bentoml.mlflow.import_model(
                 bento_name,

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.tracking_server import TrackingServerError
 
     from .data import DataError
+    from .rundir import RunDirBusyError
     from .train import train
 
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrackingServerError as exc:
         logger.error("MLflow: %s", exc)
+        return 2
+    except RunDirBusyError as exc:
+        logger.error("%s", exc)
         return 2
     except KeyboardInterrupt:
         logger.error("Interrupted; resume with --resume auto")

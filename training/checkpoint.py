@@ -31,8 +31,25 @@ class TrainingState:
     labels: list[str] = field(default_factory=list)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data to disk (a rename alone can land before the data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(directory)
+
+
 def save_checkpoint(path: Path, state: TrainingState, model, optimizer, scheduler, scaler) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a torn checkpoint."""
+    """Write to a temporary file, flush it to disk and rename, so that neither a crash nor a
+    power cut leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -45,7 +62,9 @@ def save_checkpoint(path: Path, state: TrainingState, model, optimizer, schedule
         },
         tmp,
     )
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> TrainingState:
@@ -59,13 +78,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> Training
     return TrainingState(**payload["state"])
 
 
-def find_resume_checkpoint(resume: str | None, output_dir: Path) -> Path | None:
-    """``auto``: ``output_dir/last.pt`` if present; a path: that file, which must exist."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        candidate = output_dir / LAST_CHECKPOINT
-        return candidate if candidate.is_file() else None
+def checkpoint_file(resume: str) -> Path:
+    """``--resume PATH``: that checkpoint file, which must exist (``auto``: see rundir)."""
     path = Path(resume)
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist")
@@ -92,9 +106,11 @@ def save_best_artifact(output_dir: Path, model, spec: ModelSpec) -> Path:
     previous = output_dir / f"{BEST_ARTIFACT}.old"
     shutil.rmtree(staging, ignore_errors=True)
     save_artifact(staging, model, spec)
+    _fsync_tree(staging)
     if final.exists():
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(final, previous)
     os.replace(staging, final)
+    _fsync(output_dir)
     shutil.rmtree(previous, ignore_errors=True)
     return final

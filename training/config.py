@@ -29,6 +29,11 @@ class DataConfig(_Section):
         description="image folder root; base directory for relative CSV paths",
     )
     manifest: Path | None = Field(None, description="CSV manifest with columns path,labels")
+    allow_outside_root: bool = Field(
+        False,
+        description="accept CSV manifest paths that are absolute or lead out of data.root "
+        "with '..' (off: such rows stop the run, named by file and row)",
+    )
     label_separator: str = Field(
         ";", description="separator between labels in the CSV labels column"
     )
@@ -126,9 +131,15 @@ class TrainConfig(_Section):
     deterministic: bool = Field(True, description="deterministic algorithms (slower on GPU)")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="training device")
     amp: bool = Field(True, description="mixed precision on CUDA (no effect on CPU)")
-    output_dir: Path = Field(Path("outputs/train"), description="checkpoints and the best artifact")
+    output_dir: Path = Field(
+        Path("outputs/train"),
+        description="each run writes its checkpoint (last.pt) and best artifact (best/) to its "
+        "own folder, output_dir/<MLflow run id>/",
+    )
     resume: str | None = Field(
-        None, description="'auto' to continue from output_dir/last.pt, or a checkpoint path"
+        None,
+        description="'auto' to continue the newest unfinished run in output_dir that no live "
+        "process holds (none: start a new run), or a checkpoint path",
     )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,13 +73,35 @@ def scan_image_folder(root: Path) -> tuple[list[Sample], list[DataIssue]]:
     return samples, issues
 
 
+def _outside_root(path: Path, root: Path) -> bool:
+    """Lexically (``..`` collapsed, symlinks not followed): whether ``path`` leaves ``root``."""
+    base = Path(os.path.normpath(root.absolute()))
+    return not Path(os.path.normpath(path.absolute())).is_relative_to(base)
+
+
+def _refuse_outside_root(outside: list[DataIssue], root: Path) -> None:
+    if outside:
+        shown = "\n  ".join(str(i) for i in outside[:20])
+        extra = f"\n  ... and {len(outside) - 20} more" if len(outside) > 20 else ""
+        raise DataError(
+            f"{len(outside)} manifest path(s) outside data.root {root} (absolute, or leading "
+            "out with '..'); fix the manifest, or set data.allow_outside_root=true if these "
+            f"files are meant to be read:\n  {shown}{extra}"
+        )
+
+
 def read_manifest(
-    manifest: Path, root: Path, separator: str
+    manifest: Path, root: Path, separator: str, *, allow_outside_root: bool = False
 ) -> tuple[list[Sample], list[DataIssue]]:
-    """``path,labels`` rows; relative paths are resolved against ``root``."""
+    """``path,labels`` rows; relative paths are resolved against ``root``.
+
+    A path that leads outside ``root`` is refused (a ``DataError`` naming every such row,
+    whatever ``on_error`` says) unless ``allow_outside_root``: a manifest must not make the
+    run read, and log to MLflow, files such as ``../../etc/passwd``.
+    """
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist")
-    samples, issues = [], []
+    samples, issues, outside = [], [], []
     with open(manifest, newline="") as fh:
         reader = csv.DictReader(fh)
         missing_columns = {"path", "labels"} - set(reader.fieldnames or [])
@@ -99,7 +122,11 @@ def read_manifest(
                 issues.append(DataIssue(origin, f"no labels for {raw_path}"))
                 continue
             path = Path(raw_path) if Path(raw_path).is_absolute() else root / raw_path
+            if not allow_outside_root and _outside_root(path, root):
+                outside.append(DataIssue(origin, raw_path))
+                continue
             samples.append(Sample(path, labels, f"{origin} ({path})"))
+    _refuse_outside_root(outside, root)
     if not samples and not issues:
         raise DataError(f"{manifest} has no rows")
     return samples, issues
@@ -148,7 +175,12 @@ def load_dataset(config: DataConfig) -> LoadedData:
     if config.format == "folder":
         samples, issues = scan_image_folder(config.root)
     else:
-        samples, issues = read_manifest(config.manifest, config.root, config.label_separator)
+        samples, issues = read_manifest(
+            config.manifest,
+            config.root,
+            config.label_separator,
+            allow_outside_root=config.allow_outside_root,
+        )
     fixed = LabelSet.from_names(config.labels) if config.labels else None
     samples, more = validate_samples(samples, fixed, config.verify_images)
     issues += more

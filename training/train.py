@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from models.predictor import choose_device
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
 from models.tracking_server import check_tracking_reachable
 
-from . import checkpoint, plots, tracking
+from . import checkpoint, plots, rundir, tracking
 from .config import TrainConfig
 from .data import DataError, ImageDataset, LoadedData, load_dataset, split_samples
 from .engine import (
@@ -125,10 +128,61 @@ def _log_final_plots(
         mlflow.log_artifacts(str(out), "plots")
 
 
+def _prepare_output_dir(cfg: TrainConfig) -> Path | None:
+    """Mark FAILED the runs in ``output_dir`` that were killed without notice, and pick the
+    checkpoint to resume from (``--resume``), if any."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from = rundir.find_auto_resume(cfg.output_dir, client)
+        legacy = cfg.output_dir / checkpoint.LAST_CHECKPOINT
+        if resume_from is None and legacy.is_file():
+            logger.warning(
+                "%s is from a version that kept one run per output_dir; resume it with --resume %s",
+                legacy,
+                legacy,
+            )
+    elif cfg.resume is not None:
+        resume_from = checkpoint.checkpoint_file(cfg.resume)
+    keep = rundir.run_id_of(resume_from) if resume_from else None
+    rundir.fail_orphaned_runs(cfg.output_dir, client, keep=keep)
+    return resume_from
+
+
+@contextlib.contextmanager
+def _run_and_dir(cfg: TrainConfig, run_id: str | None) -> Iterator[tuple[mlflow.ActiveRun, Path]]:
+    """The MLflow run (new, or ``run_id`` resumed) and its own folder, locked while it trains."""
+    with contextlib.ExitStack() as stack:
+        if run_id:
+            # Claimed first: a run another live process still trains is refused before MLflow
+            # is told anything (its failure handling would otherwise mark that run FAILED).
+            run_dir = stack.enter_context(rundir.claim_run_dir(cfg.output_dir, run_id))
+            run = stack.enter_context(tracking.mlflow_run(cfg, run_id=run_id))
+        else:
+            run = stack.enter_context(tracking.mlflow_run(cfg))
+            run_dir = stack.enter_context(rundir.claim_run_dir(cfg.output_dir, run.info.run_id))
+        logger.info("MLflow run %s: checkpoints and best model in %s", run.info.run_id, run_dir)
+        yield run, run_dir
+
+
+def _prepare_resumed_dir(resume_from: Path, run_dir: Path) -> None:
+    """Undo a crash inside the best-model replacement; resuming from a checkpoint kept
+    elsewhere (``--resume PATH``) brings the ``best/`` beside it along."""
+    checkpoint.recover_best_artifact(run_dir)
+    source = resume_from.parent / checkpoint.BEST_ARTIFACT
+    target = run_dir / checkpoint.BEST_ARTIFACT
+    if source.resolve() != target.resolve() and source.is_dir() and not target.exists():
+        shutil.copytree(source, target)
+        logger.info("Copied %s to %s", source, target)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Run a whole training job as configured; returns where the best model went."""
     # Before any work: an unreachable server would otherwise surface after MLflow's retries.
     check_tracking_reachable(cfg.mlflow.tracking_uri)
+    resume_from = _prepare_output_dir(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
     task = cfg.task
     data = load_dataset(cfg.data)
@@ -178,9 +232,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     scaler = precision.grad_scaler()
 
     state = checkpoint.TrainingState(labels=list(labels.names))
-    resume_from = checkpoint.find_resume_checkpoint(cfg.resume, cfg.output_dir)
     if resume_from:
-        checkpoint.recover_best_artifact(cfg.output_dir)
         state = checkpoint.load_checkpoint(resume_from, model, optimizer, scheduler, scaler)
         if state.labels != list(labels.names):
             raise DataError(
@@ -190,8 +242,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("Resuming from %s after epoch %d", resume_from, state.epoch)
 
     monitored = MONITORED[task]
-    with tracking.mlflow_run(cfg, run_id=state.mlflow_run_id) as run:
+    with _run_and_dir(cfg, state.mlflow_run_id) as (run, run_dir):
         state.mlflow_run_id = run.info.run_id
+        if resume_from:
+            _prepare_resumed_dir(resume_from, run_dir)
         if state.epoch == 0:
             tracking.log_config(
                 cfg,
@@ -240,11 +294,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             state.epoch = epoch
             if score > state.best_score + cfg.optim.min_delta:
                 state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
-                checkpoint.save_best_artifact(cfg.output_dir, model, spec)
+                checkpoint.save_best_artifact(run_dir, model, spec)
             else:
                 state.bad_epochs += 1
             checkpoint.save_checkpoint(
-                cfg.output_dir / checkpoint.LAST_CHECKPOINT,
+                run_dir / checkpoint.LAST_CHECKPOINT,
                 state,
                 model,
                 optimizer,
@@ -257,7 +311,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 )
                 break
 
-        return _finish(cfg, state, labels, val_loader, loss_fn, precision, run.info.run_id)
+        return _finish(cfg, state, labels, val_loader, loss_fn, precision, run_dir)
 
 
 def _finish(
@@ -267,12 +321,13 @@ def _finish(
     val_loader,
     loss_fn,
     precision: Precision,
-    run_id: str,
+    run_dir: Path,
 ) -> TrainResult:
     """Evaluate the best checkpoint, log its plots and metrics, log and register the model."""
     from models.artifact import load_artifact
 
-    best_dir = cfg.output_dir / checkpoint.BEST_ARTIFACT
+    run_id = run_dir.name
+    best_dir = run_dir / checkpoint.BEST_ARTIFACT
     best_model, spec = load_artifact(best_dir)
     best_model = best_model.to(precision.device)
     logits, targets, _ = evaluate(best_model, val_loader, loss_fn, precision, desc="best model")

@@ -2,14 +2,19 @@
 
 import contextlib
 import http.server
+import logging
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import bentoml
 import mlflow
 import pytest
+import yaml
+from safetensors.torch import load_file, save_file
 
-from models.artifact import read_spec
+from models.artifact import ArtifactError, check_artifact, classifier_artifact_dir, read_spec
 from models.bento_import import ModelImportError, artifact_dir, import_from_mlflow
 
 
@@ -121,3 +126,105 @@ def test_tracking_server_errors_are_retried_then_reported_and_nothing_is_importe
             import_from_mlflow("models:/shapes-single@champion", tracking_uri=uri)
         assert 2 <= time.monotonic() - started < 30  # retried with back-off, then gave up
     assert {str(m.tag) for m in bentoml.models.list()} == before
+
+
+@pytest.fixture(scope="module")
+def downloaded_model(single_label_run, tmp_path_factory) -> Path:
+    """The real registered model, as MLflow hands it out: to be copied and tampered with."""
+    dst = tmp_path_factory.mktemp("downloaded")
+    return Path(
+        mlflow.artifacts.download_artifacts("models:/shapes-single@champion", dst_path=str(dst))
+    )
+
+
+def _log_as_run(model_dir: Path) -> str:
+    """Log a (crafted) MLflow model directory as a run's artifacts; returns its runs:/ URI."""
+    mlflow.set_experiment("tests-crafted")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(model_dir), "model")
+    return f"runs:/{run.info.run_id}/model"
+
+
+def _point_classifier_at(model_dir: Path, path: str) -> None:
+    mlmodel = model_dir / "MLmodel"
+    spec = yaml.safe_load(mlmodel.read_text())
+    spec["flavors"]["python_function"]["artifacts"]["classifier"]["path"] = path
+    mlmodel.write_text(yaml.safe_dump(spec))
+
+
+@pytest.mark.parametrize("where", ["../../somewhere", "absolute"])
+def test_artifact_path_outside_the_model_is_refused_at_import(downloaded_model, tmp_path, where):
+    """MLmodel's artifacts.classifier.path may not lead outside the downloaded model."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(downloaded_model, crafted)
+    outside = tmp_path / "somewhere"  # a complete, valid artifact: only its location is wrong
+    shutil.move(classifier_artifact_dir(crafted), outside)
+    _point_classifier_at(crafted, str(outside) if where == "absolute" else where)
+    with pytest.raises(ModelImportError, match="outside the model directory"):
+        import_from_mlflow(_log_as_run(crafted), bento_name="crafted-path")
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("crafted-path:latest")
+
+
+def test_artifact_path_outside_the_stored_model_is_refused_at_serve_time(
+    single_label_run, tmp_path
+):
+    """A stored model whose MLmodel was changed after import: artifact_dir (which service.py
+    calls at start-up) refuses to look outside the stored model."""
+    imported, _ = import_from_mlflow(
+        f"runs:/{single_label_run.run_id}/model", bento_name="shapes-tampered"
+    )
+    # The store's copy (the object import returns points at BentoML's temporary one).
+    model = bentoml.models.get(imported.tag)
+    try:
+        stored = Path(model.path_of("mlflow_model"))
+        outside = tmp_path / "somewhere"
+        shutil.copytree(artifact_dir(model), outside)
+        for where in ("../../somewhere", str(outside)):
+            _point_classifier_at(stored, where)
+            with pytest.raises(ArtifactError, match="outside the model directory"):
+                artifact_dir(bentoml.models.get(model.tag))
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+def test_a_damaged_copy_is_replaced_when_the_same_version_is_imported_again(
+    single_label_run, caplog
+):
+    uri = f"runs:/{single_label_run.run_id}/model"
+    imported, created = import_from_mlflow(uri, bento_name="shapes-damaged")
+    assert created
+    # The store's copy (the object import returns points at BentoML's temporary one).
+    first = bentoml.models.get(imported.tag)
+    weights = artifact_dir(first) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(ArtifactError):
+        check_artifact(artifact_dir(first))
+
+    with caplog.at_level(logging.WARNING, logger="models.bento_import"):
+        again, created_again = import_from_mlflow(uri, bento_name="shapes-damaged")
+    assert created_again
+    assert again.tag != first.tag
+    check_artifact(artifact_dir(bentoml.models.get(again.tag)))
+    assert [str(m.tag) for m in bentoml.models.list("shapes-damaged")] == [str(again.tag)]
+    assert f"{first.tag} is damaged" in caplog.text and "importing it again" in caplog.text
+
+
+def test_weights_of_the_wrong_shapes_are_refused_at_import(downloaded_model, tmp_path):
+    """The header is fine, so only loading the model shows it: that happens at import, on the
+    CPU, not in a server worker that BentoML restarts over and over."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(downloaded_model, crafted)
+    weights = classifier_artifact_dir(crafted) / "model.safetensors"
+    state = load_file(str(weights))
+    state["fc.weight"], state["fc.bias"] = (
+        state["fc.weight"][:3].clone(),
+        state["fc.bias"][:3].clone(),
+    )
+    save_file(state, str(weights), metadata={"format": "pt"})
+    check_artifact(weights.parent)  # the cheap check cannot see it
+
+    with pytest.raises(ModelImportError, match=r"fc\.weight has shape \(3, 512\)"):
+        import_from_mlflow(_log_as_run(crafted), bento_name="crafted-shapes")
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("crafted-shapes:latest")

@@ -2,6 +2,8 @@
 crash handling, resume and determinism."""
 
 import csv
+import hashlib
+import logging
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from models import Predictor, load_image
+from models.artifact import classifier_artifact_dir
 from training import train as train_module
 from training.config import load_config
 from training.metrics import multi_label_metrics
@@ -142,8 +145,9 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
     client = MlflowClient()
     [failed] = client.search_runs([client.get_experiment_by_name("tests-small").experiment_id])
     assert failed.info.status == "FAILED"
-    assert (tmp_path / "out" / "last.pt").is_file()
-    assert (tmp_path / "out" / "best" / "model.safetensors").is_file()
+    run_dir = tmp_path / "out" / failed.info.run_id  # each run keeps its files in its own folder
+    assert (run_dir / "last.pt").is_file()
+    assert (run_dir / "best" / "model.safetensors").is_file()
 
     monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
     result = train_module.train(cfg.model_copy(update={"resume": "auto"}))
@@ -157,11 +161,10 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
     straight = _small_config(
         tmp_path / "straight", small_data, tracking_uri, **{"data.num_workers": "2"}
     )
-    train_module.train(straight)
-    resumed_final = torch.load(tmp_path / "out" / "last.pt", weights_only=True)["model"]
-    straight_final = torch.load(tmp_path / "straight" / "out" / "last.pt", weights_only=True)[
-        "model"
-    ]
+    straight_dir = train_module.train(straight).artifact_dir.parent
+    assert result.artifact_dir == run_dir / "best"
+    resumed_final = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    straight_final = torch.load(straight_dir / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(resumed_final[k], straight_final[k]) for k in straight_final)
 
 
@@ -231,7 +234,7 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
         proc = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
-        while not (out / "last.pt").exists():  # epoch 1 is done; epoch 2 is running
+        while not list(out.glob("*/last.pt")):  # epoch 1 is done; epoch 2 is running
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint after 180 s"
             time.sleep(0.1)
@@ -244,9 +247,10 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     client = MlflowClient()
     [killed] = client.search_runs([client.get_experiment_by_name("tests-sigterm").experiment_id])
     assert killed.info.status == "KILLED"
-    interrupted_at = torch.load(out / "last.pt", weights_only=True)["state"]["epoch"]
+    run_dir = out / killed.info.run_id
+    interrupted_at = torch.load(run_dir / "last.pt", weights_only=True)["state"]["epoch"]
     assert 1 <= interrupted_at < 4
-    assert (out / "best" / "model.safetensors").is_file()
+    assert (run_dir / "best" / "model.safetensors").is_file()
 
     resumed = subprocess.run(
         [*command, "--resume", "auto"], cwd=root, capture_output=True, text=True, timeout=600
@@ -256,3 +260,89 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4]
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_two_runs_with_one_output_dir_keep_their_own_files_and_register_their_own_best(
+    tmp_path, small_data, tracking_uri
+):
+    settings = {
+        "optim.epochs": "1",
+        "mlflow.experiment": "tests-two-runs",
+        "mlflow.registered_model": "tests-two-runs",
+    }
+    first = train_module.train(_small_config(tmp_path, small_data, tracking_uri, **settings))
+    first_files = _digests(first.artifact_dir.parent)
+    second = train_module.train(
+        _small_config(tmp_path, small_data, tracking_uri, **settings, seed="7")
+    )
+    assert first.artifact_dir.parent != second.artifact_dir.parent
+    assert first.artifact_dir.parent.parent == second.artifact_dir.parent.parent == tmp_path / "out"
+    assert _digests(first.artifact_dir.parent) == first_files  # untouched by the second run
+
+    registered = {}
+    for result in (first, second):
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/tests-two-runs/{result.registered_version}",
+            dst_path=str(tmp_path / "registered" / result.run_id),
+        )
+        registered[result.run_id] = _digests(classifier_artifact_dir(local))
+        assert registered[result.run_id] == _digests(result.artifact_dir)
+    assert registered[first.run_id] != registered[second.run_id]  # different seeds
+
+
+def test_sigkill_leaves_the_run_running_until_the_next_start_marks_it_failed(
+    tmp_path, small_data, tracking_uri, caplog
+):
+    """SIGKILL: no handler runs, so the run stays RUNNING in MLflow. The next start with that
+    output_dir sees that no live process holds the run's folder and marks it FAILED; --resume auto
+    then still carries it on to the end."""
+    out = tmp_path / "out"
+    settings = _small_settings(
+        tmp_path,
+        small_data,
+        tracking_uri,
+        **{"optim.epochs": "3", "optim.batch_size": "8", "mlflow.experiment": "tests-sigkill"},
+    )
+    command = [sys.executable, "-m", "training", "train"]
+    command += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
+    log = tmp_path / "train.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            command, cwd=Path(__file__).resolve().parents[2], stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.rglob("last.pt")):  # epoch 1 is done; epoch 2 is running
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.kill()
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = MlflowClient()
+    [killed] = client.search_runs([client.get_experiment_by_name("tests-sigkill").experiment_id])
+    assert killed.info.status == "RUNNING"
+
+    with caplog.at_level(logging.INFO, logger="training"):
+        fresh = train_module.train(load_config(overrides={**settings, "optim.epochs": "1"}))
+    assert client.get_run(killed.info.run_id).info.status == "FAILED"
+    assert f"MLflow run {killed.info.run_id}" in caplog.text and "marked FAILED" in caplog.text
+    assert fresh.run_id != killed.info.run_id
+    assert client.get_run(fresh.run_id).info.status == "FINISHED"
+
+    resumed = train_module.train(load_config(overrides={**settings, "resume": "auto"}))
+    assert resumed.run_id == killed.info.run_id  # not the newer, finished one
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(resumed.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3]

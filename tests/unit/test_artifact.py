@@ -96,3 +96,49 @@ def test_local_pretrained_weights_are_loaded_and_head_replaced(tmp_path):
 def test_missing_local_weights_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrained weights file not found"):
         create_classifier("resnet18", 2, pretrained=str(tmp_path / "nope.pth"))
+
+
+def _mlflow_model_dir(root, artifact_path: str):
+    """A minimal MLflow model directory whose MLmodel points its classifier at ``artifact_path``."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    flavor = {"python_function": {"artifacts": {"classifier": {"path": artifact_path}}}}
+    (root / "MLmodel").write_text(yaml.safe_dump({"flavors": flavor}))
+    return root
+
+
+@pytest.mark.parametrize("where", ["../../somewhere", "artifacts/../../somewhere", "absolute"])
+def test_mlmodel_artifact_path_outside_the_model_directory_is_refused(tmp_path, where):
+    from models.artifact import classifier_artifact_dir
+
+    outside = tmp_path / "somewhere"
+    save_artifact(outside, create_classifier("resnet18", 3), _spec())
+    model_dir = tmp_path / "store" / "model"
+    _mlflow_model_dir(model_dir, str(outside) if where == "absolute" else where)
+    with pytest.raises(ArtifactError, match="outside the model directory"):
+        classifier_artifact_dir(model_dir)
+
+
+def test_mlmodel_artifact_path_through_a_symlink_out_is_refused(tmp_path):
+    from models.artifact import classifier_artifact_dir
+
+    (tmp_path / "somewhere").mkdir()
+    model_dir = _mlflow_model_dir(tmp_path / "model", "artifacts/classifier")
+    (model_dir / "artifacts").mkdir()
+    (model_dir / "artifacts" / "classifier").symlink_to(tmp_path / "somewhere")
+    with pytest.raises(ArtifactError, match="outside the model directory"):
+        classifier_artifact_dir(model_dir)
+
+
+def test_mlmodel_artifact_path_inside_the_model_directory_is_accepted(tmp_path):
+    from models.artifact import classifier_artifact_dir
+
+    model_dir = _mlflow_model_dir(tmp_path / "model", "artifacts/./classifier")
+    assert classifier_artifact_dir(model_dir) == (model_dir / "artifacts" / "classifier").resolve()
+
+
+def test_wrong_tensor_shapes_are_named(tmp_path):
+    save_artifact(tmp_path, create_classifier("resnet18", 5), _spec())
+    with pytest.raises(ArtifactError, match=r"fc\.weight has shape \(5, 512\).*expects \(3, 512\)"):
+        load_artifact(tmp_path)

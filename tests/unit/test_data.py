@@ -113,3 +113,47 @@ def test_every_class_keeps_a_training_sample(tmp_path):
     train, val = split_samples(data.samples, cfg, seed=0)
     assert {s.labels[0] for s in train} == {"a", "b"}
     assert {s.labels[0] for s in val} == {"a", "b"}
+
+
+@pytest.fixture
+def outside_root(tmp_path):
+    """A data root, a readable image outside it, and a manifest that reaches for it."""
+    root = tmp_path / "root"
+    _image(root / "in.png")
+    (root / "sub").mkdir()
+    _image(tmp_path / "outside" / "secret.png")
+    manifest = root / "m.csv"
+    manifest.write_text(
+        "path,labels\n"
+        "in.png,a\n"
+        "../outside/secret.png,a\n"
+        f"{tmp_path / 'outside' / 'secret.png'},b\n"
+        "sub/../../outside/secret.png,b\n"
+        f"{root / 'in.png'},b\n"
+    )
+    return manifest
+
+
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_manifest_paths_outside_the_root_are_refused(outside_root, on_error):
+    cfg = DataConfig(
+        format="csv", root=outside_root.parent, manifest=outside_root, on_error=on_error
+    )
+    with pytest.raises(DataError) as excinfo:
+        load_dataset(cfg)
+    message = str(excinfo.value)
+    assert "3 manifest path(s) outside data.root" in message
+    assert "m.csv:row 3: ../outside/secret.png" in message
+    assert "m.csv:row 4: /" in message
+    assert "m.csv:row 5: sub/../../outside/secret.png" in message
+    assert "row 2" not in message and "row 6" not in message  # inside the root, even absolute
+    assert "data.allow_outside_root=true" in message
+
+
+def test_manifest_paths_outside_the_root_are_allowed_when_opted_in(outside_root):
+    cfg = DataConfig(
+        format="csv", root=outside_root.parent, manifest=outside_root, allow_outside_root=True
+    )
+    data = load_dataset(cfg)
+    assert len(data.samples) == 5
+    assert data.issues == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -181,6 +182,8 @@ def open_image(
         try:
             check_pixel_limit(*opened.size, max_pixels, max_aspect_ratio)
             opened.seek(0)  # first frame of animated images
+            if opened.format == "TIFF":
+                check_tiff_tiles(opened)
             if opened.format in ("JPEG", "MPO"):  # MPO: many phone cameras
                 check_jpeg_scans(data)
                 if min_size:
@@ -216,17 +219,57 @@ def _decode_errors(data: bytes) -> Iterator[None]:
 # over the whole image: a file that repeats a 12-byte scan thousands of times costs seconds of
 # CPU per 100 kB. Baseline JPEGs have one scan per component group.
 MAX_JPEG_SCANS = 64
-_JPEG_SOS = b"\xff\xda"
+# Marker segments before the image ends: tables, APPn blocks and scans; real files have dozens.
+MAX_JPEG_MARKERS = 1000
+# A marker: 0xFF then anything but a stuffed zero, a restart marker (inside scans) or more fill.
+_JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length field
+_SOS, _EOI = 0xDA, 0xD9
 
 
 def check_jpeg_scans(data: bytes, limit: int = MAX_JPEG_SCANS) -> None:
-    """Refuse JPEGs with more scans than ``limit`` (counted from the start-of-scan markers, a
-    byte search: entropy-coded data never holds that pair)."""
-    scans = data.count(_JPEG_SOS)
-    if scans > limit:
+    """Refuse JPEGs with more scans than ``limit`` before the end-of-image marker.
+
+    Walks the marker segments (skipping each by its length, and each scan's entropy-coded data
+    with a byte search), so neither an EXIF thumbnail nor data after the image (the video of a
+    "motion photo") is counted."""
+    scans, markers, position = 0, 0, 2  # after SOI
+    while (found := _JPEG_MARKER.match(data, position)) is not None:
+        marker, position = found.group(1)[0], found.end()
+        markers += 1
+        if marker == _EOI or markers > MAX_JPEG_MARKERS:
+            break
+        if marker in _STANDALONE_MARKERS:
+            continue
+        position += int.from_bytes(data[position : position + 2], "big")
+        if marker == _SOS:
+            scans += 1
+            if scans > limit:
+                raise ImageDecodeError(
+                    f"JPEG with more than {limit} scans (a normal progressive JPEG has about 10)"
+                )
+            next_marker = _JPEG_MARKER.search(data, position)
+            position = next_marker.start() if next_marker else len(data)
+    if markers > MAX_JPEG_MARKERS:
+        raise ImageDecodeError(f"JPEG with more than {MAX_JPEG_MARKERS} marker segments")
+
+
+# TIFF tile dimensions (tags 322, 323): libtiff allocates one whole tile whatever the image's size.
+_TILE_WIDTH, _TILE_LENGTH = 322, 323
+# Tiles larger than the image are legal (padding), but never need more than this many pixels.
+_MIN_TILE_ALLOWANCE = 1 << 20
+
+
+def check_tiff_tiles(image: Image.Image) -> None:
+    """Refuse TIFFs whose tiles hold far more pixels than the image: a 16x16 TIFF with a
+    16384x16384 tile made libtiff allocate 256 MB for 256 pixels."""
+    tags = getattr(image, "tag_v2", {})
+    width, length = tags.get(_TILE_WIDTH), tags.get(_TILE_LENGTH)
+    if not width or not length:
+        return  # stripped: libtiff bounds a strip by the image's own rows
+    if width * length > max(image.width * image.height, _MIN_TILE_ALLOWANCE):
         raise ImageDecodeError(
-            f"JPEG with {scans} scans, over the limit of {limit} (a normal progressive JPEG "
-            "has about 10)"
+            f"TIFF tiles of {width}x{length} for a {image.width}x{image.height} image"
         )
 
 

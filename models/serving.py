@@ -265,7 +265,7 @@ def _current_decoding() -> RequestDecoding:
 
 
 class RequestAbandonedError(Exception):
-    """The request timed out (504) or its client left while its images were being decoded."""
+    """The request timed out (504) while its images were being decoded."""
 
 
 @dataclass(frozen=True)
@@ -283,49 +283,48 @@ def decode_uploads(
 ) -> list[DecodedImage]:
     """Decode one request's uploads under its budgets, or raise ``ImageDecodeError`` (a 400).
 
-    Two passes. First every header is read (accepted formats only), each image checked against
-    the per-image limits and all of them against ``max_request_pixels``, so a request over
-    budget costs no decoding. Then each image is decoded and resized; between images the
-    request's CPU time (``cpu_budget_s``) and ``abandoned`` (its 504 or client disconnect) are
-    checked. Meant for the decode thread: CPU time is this thread's.
+    Two passes, one image open at a time. First every header is read (accepted formats only),
+    each image checked against the per-image limits and all of them against
+    ``max_request_pixels``, so a request over budget costs no decoding. Then each image is
+    opened again, decoded, resized and closed. Before each open the request's CPU time
+    (``cpu_budget_s``) and ``abandoned`` (set when the request timed out) are checked. Meant
+    for the decode thread: CPU time is this thread's.
     """
     decoding = decoding or _current_decoding()
     started = time.thread_time()
-    opened = _open_all(uploads, decoding)
-    try:
-        _check_request_pixels(opened, decoding.max_request_pixels)
-        decoded = []
-        for name, image in opened:
-            _check_budget(started, decoding.cpu_budget_s, abandoned)
-            with telemetry.time_decode(), _named(name):
-                result = finish_decode(image)
-                if decoding.preprocessing is not None:
-                    result = decoding.preprocessing.prepare(result)
-            decoded.append(DecodedImage(result))
-        return decoded
-    finally:
-        for _, image in opened:
-            image.close()
+    files = [(_safe_name(upload), _upload_bytes(upload)) for upload in uploads]
+    pixels = 0
+    for name, data in files:
+        _check_budget(started, decoding.cpu_budget_s, abandoned)
+        with _named(name), _open(data, decoding) as image:
+            pixels += image.width * image.height
+    _check_request_pixels(len(files), pixels, decoding.max_request_pixels)
+    decoded = []
+    for name, data in files:
+        _check_budget(started, decoding.cpu_budget_s, abandoned)
+        with telemetry.time_decode(), _named(name), _open(data, decoding) as image:
+            result = finish_decode(image)
+            if decoding.preprocessing is not None:
+                result = decoding.preprocessing.prepare(result)
+        decoded.append(DecodedImage(result))
+    return decoded
 
 
-def _open_all(uploads: list[Any], decoding: RequestDecoding) -> list[tuple[str | None, Any]]:
-    opened: list[tuple[str | None, Any]] = []
-    try:
-        for upload in uploads:
-            name = getattr(upload, "filename", None)
-            with _named(name):
-                image = open_image(
-                    _upload_bytes(upload),
-                    max_pixels=decoding.max_pixels,
-                    min_size=decoding.min_size,
-                    max_aspect_ratio=decoding.max_aspect_ratio,
-                )
-            opened.append((name, image))
-    except BaseException:
-        for _, image in opened:
-            image.close()
-        raise
-    return opened
+def _open(data: bytes, decoding: RequestDecoding) -> Image.Image:
+    return open_image(
+        data,
+        max_pixels=decoding.max_pixels,
+        min_size=decoding.min_size,
+        max_aspect_ratio=decoding.max_aspect_ratio,
+    )
+
+
+def _safe_name(upload: Any) -> str | None:
+    """The upload's file name, with control characters escaped: it goes into errors and logs."""
+    name = getattr(upload, "filename", None)
+    if name is None:
+        return None
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
 def _upload_bytes(upload: Any) -> bytes:
@@ -346,11 +345,10 @@ def _named(name: str | None) -> Iterator[None]:
         raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
 
 
-def _check_request_pixels(opened: list[tuple[str | None, Any]], limit: int) -> None:
-    total = sum(image.width * image.height for _, image in opened)
-    if total > limit:
+def _check_request_pixels(images: int, pixels: int, limit: int) -> None:
+    if pixels > limit:
         raise ImageDecodeError(
-            f"{len(opened)} images of {total} pixels in all, over the limit of {limit} per "
+            f"{images} images of {pixels} pixels in all, over the limit of {limit} per "
             "request (CLASSIFIER_MAX_REQUEST_PIXELS): send fewer or smaller images per request"
         )
 
@@ -397,8 +395,7 @@ def _decode(
             return to_rgb(ImageOps.exif_transpose(value))
         except Exception as exc:
             raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    name = getattr(value, "filename", None)
-    with _named(name):
+    with _named(_safe_name(value)):
         return load_image(
             _upload_bytes(value),
             max_pixels=max_pixels,
@@ -442,7 +439,7 @@ async def _decode_off_the_loop(uploads: list[Any]) -> list[DecodedImage]:
             _DECODE_EXECUTOR, functools.partial(decode_uploads, uploads, abandoned=abandoned)
         )
     except asyncio.CancelledError:
-        abandoned.set()  # timed out (504) or client gone: stop at the next image
+        abandoned.set()  # timed out (504): stop before the next image
         raise
 
 

@@ -62,7 +62,8 @@ def install(namespace: str, model_info: dict[str, str]) -> ServiceMetrics:
             ),
             decode_seconds=prom.Histogram(
                 f"{namespace}_{DECODE_SECONDS}",
-                "Decode, validate, resize and crop one uploaded image, before batching (seconds)",
+                "Decode, resize and crop one uploaded image whose header passed the checks, before "
+                "batching (seconds)",
                 buckets=DECODE_BUCKETS,
             ),
             predictions=prom.Counter(

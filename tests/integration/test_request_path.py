@@ -94,7 +94,7 @@ HOSTILE = {
     "progressive JPEG of repeated scans": (
         ("scans.jpg", hostile_images.progressive_scan_bomb(), "image/jpeg"),
         400,
-        "scans, over the limit of 64",
+        "JPEG with more than 64 scans",
     ),
     # 1x1 FLI to the old header probe (decoded inline), 7000x7000 TIFF to the decoder.
     "TIFF/FLI polyglot": (

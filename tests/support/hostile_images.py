@@ -74,17 +74,51 @@ def tiff_fli_polyglot(side: int = 7000) -> bytes:
         (278, 4, 1, side),  # RowsPerStrip
         (279, 4, 1, len(strip)),  # StripByteCounts
     ]
+    head = struct.pack("<HH", 1, 1)  # FLI width and height; the TIFF reader skips them
+    return _tiff(entries, offset_tag=273, payload=strip, ifd_offset=ifd_offset, head=head)
+
+
+def tiff_with_huge_tile(side: int = 16, tile: int = 4096) -> bytes:
+    """A ``side`` x ``side`` grayscale TIFF stored as one deflate tile of ``tile`` x ``tile``:
+    libtiff allocates the whole tile to decode a few pixels."""
+    data = zlib.compress(bytes(tile * tile), 9)
+    entries = [
+        (256, 4, 1, side),  # ImageWidth
+        (257, 4, 1, side),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 8),  # Compression: Adobe deflate
+        (262, 3, 1, 1),  # PhotometricInterpretation: BlackIsZero
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (322, 4, 1, tile),  # TileWidth
+        (323, 4, 1, tile),  # TileLength
+        (324, 4, 1, 0),  # TileOffsets (filled below)
+        (325, 4, 1, len(data)),  # TileByteCounts
+    ]
+    return _tiff(entries, offset_tag=324, payload=data, ifd_offset=8)
+
+
+def _tiff(
+    entries: list, offset_tag: int, payload: bytes, ifd_offset: int, head: bytes = b""
+) -> bytes:
+    """A little-endian TIFF: header (+ ``head`` padding up to the IFD), one IFD, the payload."""
     ifd_size = 2 + 12 * len(entries) + 4
-    strip_offset = ifd_offset + ifd_size
+    payload_offset = ifd_offset + ifd_size
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
-        value = strip_offset if tag == 273 else value
+        value = payload_offset if tag == offset_tag else value
         packed = struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
         ifd += struct.pack("<HHI", tag, kind, count) + packed
     ifd += struct.pack("<I", 0)  # no next IFD
-    header = b"II*\x00" + struct.pack("<I", ifd_offset)
-    header += struct.pack("<HH", 1, 1)  # FLI width and height; the TIFF reader skips them
-    return header + bytes(ifd_offset - len(header)) + ifd + strip
+    header = b"II*\x00" + struct.pack("<I", ifd_offset) + head
+    return header + bytes(ifd_offset - len(header)) + ifd + payload
+
+
+def motion_photo(trailer_bytes: int = 5 << 20) -> bytes:
+    """A JPEG followed by random bytes, as phones append a video after the image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480), "olive").save(buffer, "JPEG")
+    rng = np.random.default_rng(0)
+    return buffer.getvalue() + rng.integers(0, 256, trailer_bytes, dtype=np.uint8).tobytes()
 
 
 def large_png(width: int = 8000, height: int = 6000) -> bytes:

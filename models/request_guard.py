@@ -118,6 +118,11 @@ class RequestGuard:
         return f"{what} over the limit of {limit}"
 
 
+# The slowest body accepted, on average after the first read timeout: 64 kbit/s, a poor mobile
+# uplink. Slower clients belong behind a buffering proxy (the `proxy` service in compose).
+MIN_BODY_BYTES_PER_S = 8 * 1024
+
+
 class _BodyWatch:
     """Watch the body as it streams: count it (chunked uploads declare no length) and time each
     read. Past the limit (413) or after ``read_timeout_s`` without a byte (408), tell the app the
@@ -128,6 +133,7 @@ class _BodyWatch:
     ) -> None:
         self.app, self.limit, self.too_large, self.refuse = app, limit, too_large, refuse
         self.read_timeout_s = read_timeout_s
+        self.started = asyncio.get_running_loop().time()
         self.received = 0
         self.body_complete = False
         self.refusal: tuple[int, str] | None = None
@@ -149,8 +155,9 @@ class _BodyWatch:
         if self.body_complete:
             # The app waiting for a disconnect after the body: not a stalled upload.
             return await self._receive()
+        wait_s = min(self.read_timeout_s, self._rate_deadline() - asyncio.get_running_loop().time())
         try:
-            message = await asyncio.wait_for(self._receive(), self.read_timeout_s)
+            message = await asyncio.wait_for(self._receive(), max(wait_s, 0.0))
         except TimeoutError:
             return self._refuse(408, self._stalled_message())
         if message["type"] == "http.request":
@@ -164,10 +171,19 @@ class _BodyWatch:
         self.refusal = (status, message)
         return {"type": "http.disconnect"}
 
+    def _rate_deadline(self) -> float:
+        """When the body falls below :data:`MIN_BODY_BYTES_PER_S` on average (after a grace of
+        one read timeout): a client trickling a byte now and then never stalls a single read,
+        but must not keep its slot until the request's time limit."""
+        return self.started + self.read_timeout_s + self.received / MIN_BODY_BYTES_PER_S
+
     def _stalled_message(self) -> str:
+        elapsed = asyncio.get_running_loop().time() - self.started
         return (
-            f"request body stalled: no bytes for {self.read_timeout_s:g} s after "
-            f"{self.received} bytes (CLASSIFIER_BODY_READ_TIMEOUT_S)"
+            f"request body stalled or too slow: {self.received} bytes in {elapsed:.1f} s; "
+            f"a body must not pause for {self.read_timeout_s:g} s "
+            f"(CLASSIFIER_BODY_READ_TIMEOUT_S) nor arrive slower than "
+            f"{MIN_BODY_BYTES_PER_S // 1024} KiB/s after that"
         )
 
     async def _guarded_send(self, message: Message) -> None:

@@ -137,19 +137,34 @@ async def test_a_stalled_body_gets_408_after_the_read_timeout():
     )
     elapsed = time.perf_counter() - started
     assert client.status == 408
-    assert "no bytes for 0.3 s after 100 bytes" in client.body["error"]
+    assert "100 bytes in 0.3 s; a body must not pause for 0.3 s" in client.body["error"]
     assert 0.25 < elapsed < 2.0
 
 
 async def test_a_slow_but_steady_body_is_not_timed_out():
-    async def slow_receive(chunks=[b"a" * 10] * 5):
+    async def slow_receive(chunks=[b"a" * 2048] * 5):  # 20 KiB/s, over the minimum rate
         await asyncio.sleep(0.1)
         body = chunks.pop(0)
         return {"type": "http.request", "body": body, "more_body": bool(chunks)}
 
     client = RawClient([])
-    await _guard(keys=(), body_read_timeout_s=0.3)(_http_scope(), slow_receive, client.send)
-    assert client.status == 200 and client.body == {"received": 50}
+    guard = _guard(keys=(), max_body_bytes=1 << 20, body_read_timeout_s=0.3)
+    await guard(_http_scope(), slow_receive, client.send)
+    assert client.status == 200 and client.body == {"received": 10240}
+
+
+async def test_a_trickled_body_gets_408_once_below_the_minimum_rate():
+    # A byte every 0.1 s never pauses for the read timeout, but must not keep its slot.
+    async def trickle(chunks=[b"a"] * 100):
+        await asyncio.sleep(0.1)
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    client = RawClient([])
+    started = time.perf_counter()
+    await _guard(keys=(), body_read_timeout_s=0.3)(_http_scope(), trickle, client.send)
+    assert client.status == 408 and "too slow" in client.body["error"]
+    assert time.perf_counter() - started < 2.0  # not the 10 s the whole trickle takes
 
 
 async def test_waiting_for_a_disconnect_after_the_body_is_not_a_stall():

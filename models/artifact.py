@@ -154,7 +154,10 @@ def load_artifact(directory: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ArtifactError(f"cannot load weights from {weights}: {'; '.join(problems[:5])}{more}")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # what the shape check above does not foresee
+        raise ArtifactError(f"cannot load weights from {weights}: {exc}") from exc
     return model.eval(), spec
 
 
@@ -171,7 +174,10 @@ def classifier_artifact_dir(mlflow_model_dir: str | Path) -> Path:
         raise FileNotFoundError(
             f"{mlmodel} has no '{MLFLOW_ARTIFACT_KEY}' artifact: not a model of this project"
         )
-    return _confined(Path(mlflow_model_dir), str(entry["path"]), mlmodel)
+    model_dir, relative = Path(mlflow_model_dir), str(entry["path"])
+    for name in (SPEC_FILE, WEIGHTS_FILE):  # a symlinked file inside would lead out as well
+        _confined(model_dir, str(Path(relative) / name), mlmodel)
+    return _confined(model_dir, relative, mlmodel)
 
 
 def _confined(model_dir: Path, relative: str, mlmodel: Path) -> Path:

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import attrs
 from bentoml import Service
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.staticfiles import StaticFiles
 
 from models.request_guard import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,7 +83,20 @@ class FoldUnknownPaths:
         return any(self._matches({**scope, "path": candidate}) for candidate in (path, twin))
 
     def _matches(self, scope: Scope) -> bool:
-        return any(route.matches(scope)[0] is not Match.NONE for route in self.routes)
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.NONE:
+                continue
+            if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+                # A static mount matches every path below it: only its files count as served.
+                return _is_static_file(route.app, {**scope, **child_scope})
+            return True
+        return False
+
+
+def _is_static_file(files: StaticFiles, scope: Scope) -> bool:
+    _, found = files.lookup_path(files.get_path(scope))
+    return found is not None
 
 
 class OverloadAnswers:

@@ -134,6 +134,24 @@ def find_auto_resume(output_dir: Path, client) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
+def find_legacy_resume(output_dir: Path, client) -> Path | None:
+    """``--resume auto`` in an ``output_dir`` of the earlier layout (one run, ``last.pt`` directly
+    inside): that checkpoint, if its run did not finish; None otherwise."""
+    import torch
+
+    legacy = output_dir / LAST_CHECKPOINT
+    if not legacy.is_file():
+        return None
+    state = torch.load(legacy, map_location="cpu", weights_only=True).get("state", {})
+    run_id = state.get("mlflow_run_id")
+    status = _status(client, run_id) if run_id else None
+    if status in (None, "FINISHED"):
+        logger.info("Not resuming %s: MLflow run status %s", legacy, status)
+        return None
+    logger.info("Resuming %s (run %s), written with one run per output_dir", legacy, run_id)
+    return legacy
+
+
 def run_id_of(checkpoint: Path) -> str | None:
     """The run a checkpoint belongs to, from the ``run.json`` beside it (None if absent)."""
     try:

@@ -136,14 +136,9 @@ def _prepare_output_dir(cfg: TrainConfig) -> Path | None:
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     resume_from = None
     if cfg.resume == "auto":
-        resume_from = rundir.find_auto_resume(cfg.output_dir, client)
-        legacy = cfg.output_dir / checkpoint.LAST_CHECKPOINT
-        if resume_from is None and legacy.is_file():
-            logger.warning(
-                "%s is from a version that kept one run per output_dir; resume it with --resume %s",
-                legacy,
-                legacy,
-            )
+        resume_from = rundir.find_auto_resume(cfg.output_dir, client) or rundir.find_legacy_resume(
+            cfg.output_dir, client
+        )
     elif cfg.resume is not None:
         resume_from = checkpoint.checkpoint_file(cfg.resume)
     keep = rundir.run_id_of(resume_from) if resume_from else None
@@ -171,6 +166,7 @@ def _prepare_resumed_dir(resume_from: Path, run_dir: Path) -> None:
     """Undo a crash inside the best-model replacement; resuming from a checkpoint kept
     elsewhere (``--resume PATH``) brings the ``best/`` beside it along."""
     checkpoint.recover_best_artifact(run_dir)
+    checkpoint.recover_best_artifact(resume_from.parent)  # the best/ about to be brought along
     source = resume_from.parent / checkpoint.BEST_ARTIFACT
     target = run_dir / checkpoint.BEST_ARTIFACT
     if source.resolve() != target.resolve() and source.is_dir() and not target.exists():

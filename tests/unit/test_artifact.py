@@ -131,6 +131,19 @@ def test_mlmodel_artifact_path_through_a_symlink_out_is_refused(tmp_path):
         classifier_artifact_dir(model_dir)
 
 
+def test_symlinked_spec_or_weights_leading_out_are_refused(tmp_path):
+    from models.artifact import SPEC_FILE, WEIGHTS_FILE, classifier_artifact_dir
+
+    outside = tmp_path / "somewhere"
+    save_artifact(outside, create_classifier("resnet18", 3), _spec())
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        model_dir = _mlflow_model_dir(tmp_path / f"model-{name}", "artifacts/classifier")
+        (model_dir / "artifacts" / "classifier").mkdir(parents=True)
+        (model_dir / "artifacts" / "classifier" / name).symlink_to(outside / name)
+        with pytest.raises(ArtifactError, match="outside the model directory"):
+            classifier_artifact_dir(model_dir)
+
+
 def test_mlmodel_artifact_path_inside_the_model_directory_is_accepted(tmp_path):
     from models.artifact import classifier_artifact_dir
 

@@ -123,3 +123,17 @@ def test_auto_resume_with_nothing_to_resume(tmp_path, client, experiment):
     assert find_auto_resume(tmp_path / "absent", client) is None
     _finished_process_dir(tmp_path, _run(client, experiment, "FINISHED"))
     assert find_auto_resume(tmp_path, client) is None
+
+
+def test_auto_resume_adopts_an_unfinished_run_of_the_earlier_layout(tmp_path, client, experiment):
+    import torch
+
+    from training.rundir import find_legacy_resume
+
+    legacy = tmp_path / "last.pt"
+    for status, expected in (("KILLED", legacy), ("FINISHED", None)):
+        run_id = _run(client, experiment, status)
+        torch.save({"state": {"mlflow_run_id": run_id}}, legacy)
+        assert find_legacy_resume(tmp_path, client) == expected, status
+    legacy.unlink()
+    assert find_legacy_resume(tmp_path, client) is None

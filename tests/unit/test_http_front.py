@@ -193,3 +193,22 @@ def test_make_serve_binds_loopback_unless_told(variables, bind, anyio_backend):
     )  # fmt: skip
     serve = [line for line in dry_run.stdout.splitlines() if "bentoml serve" in line]
     assert serve and serve[-1].endswith(f"bentoml serve {bind}"), dry_run.stdout
+
+
+async def test_a_static_mount_counts_only_its_files_as_served(tmp_path):
+    # BentoML mounts StaticFiles at /static_content, which matches every path below it.
+    from starlette.staticfiles import StaticFiles
+
+    (tmp_path / "app.js").write_text("// ui")
+    starlette = Starlette(routes=[Mount("/static_content", app=StaticFiles(directory=tmp_path))])
+    seen = []
+
+    async def recorder(scope, receive, send):
+        seen.append(scope["path"])
+        await starlette(scope, receive, send)
+
+    folded = FoldUnknownPaths(recorder, routes=starlette.routes)
+    assert (await _get(folded, "/static_content/app.js")).status_code == 200
+    for i in range(3):
+        assert (await _get(folded, f"/static_content/random{i}")).status_code == 404
+    assert seen == ["/static_content/app.js", *[UNMATCHED_PATH] * 3]

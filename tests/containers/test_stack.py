@@ -244,6 +244,9 @@ def test_the_proxy_serves_the_classifier_and_bounds_headers_bodies_and_time(stac
     with bentoml.SyncHTTPClient(stack["proxy"]) as client:
         assert client.classify(images=[Image.open(png_images[0])])[0]["labels"]
     proxy = stack["proxy_port"]
+    # /metrics stays on the compose network, where Prometheus scrapes it.
+    metrics = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert _raw_request(proxy, metrics).split()[1] == b"404"
     # Headers beyond large_client_header_buffers (4 x 8 KiB): refused by nginx itself.
     head = b"Host: x\r\nConnection: close\r\n"
     big = b"GET /readyz HTTP/1.1\r\n" + head + b"X-Big: " + b"a" * 16384 + b"\r\n\r\n"

@@ -4,7 +4,6 @@ import contextlib
 import http.server
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from models.artifact import ArtifactError, check_artifact, classifier_artifact_dir, read_spec
 from models.bento_import import ModelImportError, artifact_dir, import_from_mlflow
+
+from ..support.http_stub import local_http_server
 
 
 def test_import_by_alias_carries_lineage_and_labels(single_label_run, single_label_bento):
@@ -109,13 +110,8 @@ def _failing_tracking_server(status: int):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    with local_http_server(Failing) as url:
+        yield url
 
 
 def test_tracking_server_errors_are_retried_then_reported_and_nothing_is_imported():

@@ -215,6 +215,29 @@ def test_unreachable_tracking_server_fails_before_any_training(tmp_path, small_d
     assert not (tmp_path / "out").exists()
 
 
+def _stop_cli_in_epoch_2(
+    command: list[str], out: Path, log: Path, signal_number: int, wait_s: float
+) -> int:
+    """Run the training CLI (output to ``log``) until epoch 1's checkpoint is in ``out``, send
+    ``signal_number`` while epoch 2 runs, and return the exit code."""
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            command, cwd=Path(__file__).resolve().parents[2], stdout=sink, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("*/last.pt")):  # epoch 1 is done; epoch 2 is running
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.1)
+        time.sleep(0.3)
+        proc.send_signal(signal_number)
+        return proc.wait(timeout=wait_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     tmp_path, small_data, tracking_uri
 ):
@@ -230,20 +253,8 @@ def test_sigterm_mid_epoch_marks_the_run_killed_and_resume_continues_it(
     command += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
     root = Path(__file__).resolve().parents[2]
     log = tmp_path / "train.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(command, cwd=root, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while not list(out.glob("*/last.pt")):  # epoch 1 is done; epoch 2 is running
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.1)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    exit_code = _stop_cli_in_epoch_2(command, out, log, signal.SIGTERM, wait_s=120)
+    assert exit_code == 130, log.read_text()[-3000:]
     client = MlflowClient()
     [killed] = client.search_runs([client.get_experiment_by_name("tests-sigterm").experiment_id])
     assert killed.info.status == "KILLED"
@@ -314,22 +325,7 @@ def test_sigkill_leaves_the_run_running_until_the_next_start_marks_it_failed(
     command = [sys.executable, "-m", "training", "train"]
     command += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
     log = tmp_path / "train.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(
-            command, cwd=Path(__file__).resolve().parents[2], stdout=sink, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not list(out.rglob("last.pt")):  # epoch 1 is done; epoch 2 is running
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.1)
-        time.sleep(0.3)
-        proc.kill()
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert _stop_cli_in_epoch_2(command, out, log, signal.SIGKILL, wait_s=60) == -signal.SIGKILL
     client = MlflowClient()
     [killed] = client.search_runs([client.get_experiment_by_name("tests-sigkill").experiment_id])
     assert killed.info.status == "RUNNING"

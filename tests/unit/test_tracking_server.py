@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from models.tracking_server import TrackingServerError, check_tracking_reachable
+
+from ..support.http_stub import local_http_server
 
 USERNAME, PASSWORD = "trainer", "a-long-enough-password"
 
@@ -38,13 +39,8 @@ def _auth_server() -> Iterator[tuple[str, list[str | None]]]:
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
+    with local_http_server(Guarded) as url:
+        yield url, seen
 
 
 @pytest.fixture

@@ -51,13 +51,13 @@ train-multilabel: install demo-data ## train the multi-label demo (CSV manifest)
 		--mlflow.tracking_uri $(TRACKING_URI)
 
 import: install ## import MODEL_URI from the MLflow registry into the BentoML store
-	$(PY) -m models import $(MODEL_URI) --tracking-uri $(TRACKING_URI)
+	$(PY) -m registry import $(MODEL_URI) --tracking-uri $(TRACKING_URI)
 
 serve: install ## serve the latest imported model on HOST:PORT (bentoml serve; 127.0.0.1 by default)
 	$(VENV)/bin/bentoml serve --host $(HOST) --port $(PORT)
 
 quickstart: install demo-data ## set up, train if nothing is registered, import, serve
-	@if ! $(PY) -m models resolve $(MODEL_URI) --tracking-uri $(TRACKING_URI); then \
+	@if ! $(PY) -m registry resolve $(MODEL_URI) --tracking-uri $(TRACKING_URI); then \
 		echo "No model at $(MODEL_URI): training one on the demo data"; \
 		$(MAKE) --no-print-directory train; \
 	fi

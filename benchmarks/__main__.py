@@ -223,24 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     for architecture in args.models:
         model = prepare_model(architecture, tracking_uri)
         entry = {"architecture": architecture, "bento_tag": model.bento_tag, "servers": []}
-        from models.predictor import Predictor
-        from models.serving import (
-            ServingSettings,
-            configure_request_decoding,
-            warmup_batch_sizes,
-        )
+        from serving.runtime import build_runtime, warmup_batch_sizes
+        from serving.settings import ServingSettings
 
-        # Exactly what the service builds from the same (default) settings.
+        # The same runtime the service builds, from the same (default) settings.
         settings = ServingSettings.from_env()
-        predictor = Predictor.from_artifact(
-            model.artifact_dir, device=settings.device, precision=settings.precision
-        )
-        configure_request_decoding(settings, predictor.preprocessing)
-        entry["plan"] = predictor.plan.describe()
+        runtime = build_runtime(settings, model.artifact_dir)
+        entry["plan"] = runtime.predictor.plan.describe()
         if not args.skip_ceiling:
             logger.info("Measuring the in-process ceiling of %s", architecture)
             entry["ceiling"] = ceilings.sweep(
-                predictor, uploads, batch_sizes=warmup_batch_sizes(2 * settings.batch_size_limit())
+                runtime, uploads, batch_sizes=warmup_batch_sizes(2 * runtime.max_batch_size)
             )
         for name in args.servers:
             log_path = args.work_dir / "logs" / f"{architecture}-{name}.log"
@@ -248,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = None
             if not args.skip_ceiling:
                 server["ceiling"] = ceilings.adjacent(
-                    predictor, uploads, entry["ceiling"]["best_batch_size"]
+                    runtime, uploads, entry["ceiling"]["best_batch_size"]
                 )
                 ceiling = server["ceiling"]["ceiling_images_per_s"]
             with running(SERVERS[name], model, log_path) as (base_url, ready_s):
@@ -273,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     steps.update()
                     logger.info("%s %s C=%d: %s", architecture, name, concurrency, point)
             entry["servers"].append(server)
-        del predictor
+        runtime.close()
+        del runtime
         gc.collect()
         entry["targets"] = evaluate(entry)
         results["models"].append(entry)

@@ -1,7 +1,7 @@
 """The model under test, put in place the way users do it: MLflow registry -> BentoML store.
 
 Random weights (no model hub here), the real artifact format, a real sqlite MLflow registry and
-``models.bento_import``, all inside the benchmark's work directory. Architecture, input size and
+``registry.bento_import``, all inside the benchmark's work directory. Architecture, input size and
 preprocessing are timm's defaults; 67 labels, like the cat-breed example.
 """
 
@@ -32,11 +32,11 @@ def prepare_model(architecture: str, tracking_uri: str, seed: int = 0) -> BenchM
     from bentoml.exceptions import NotFound
 
     from models.artifact import ModelSpec, save_artifact
-    from models.bento_import import artifact_dir, import_from_mlflow
     from models.factory import create_classifier
     from models.labels import Task
-    from models.mlflow_pyfunc import log_classifier_model
     from models.preprocessing import PreprocessConfig
+    from registry.bento_import import artifact_dir, import_from_mlflow
+    from registry.mlflow_pyfunc import log_classifier_model
 
     from .workload import photo_like_jpeg
 

@@ -1,20 +1,17 @@
-"""What training and serving share: model factory, labels, preprocessing, artifact format.
+"""The model core that training, the registry and serving share: model factory, labels, image
+decoding, preprocessing, the device policy, the artifact format and the predictor.
 
-Heavy modules (MLflow, BentoML) are imported from their own submodules, not from here, so that
-importing ``models`` stays cheap.
+Nothing here imports MLflow, BentoML or an HTTP framework: this package is what an MLflow model
+ships as its code, and what a newcomer reads to know what a model is.
 """
 
 from .artifact import ArtifactError, ModelSpec, load_artifact, read_spec, save_artifact
+from .device import DevicePlan, choose_device
 from .factory import create_classifier
+from .image_io import ImageDecodeError, load_image
 from .labels import LabelScore, LabelSet, Task
-from .predictor import DevicePlan, Predictor, choose_device
-from .preprocessing import (
-    ImageDecodeError,
-    PreprocessConfig,
-    create_eval_transform,
-    create_train_transform,
-    load_image,
-)
+from .predictor import Predictor
+from .preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
 
 __all__ = [
     "ArtifactError",

@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "classifier.json"
-# Key of the artifact directory inside the MLflow pyfunc model (see models/mlflow_pyfunc.py).
+# Key of the artifact directory inside the MLflow pyfunc model (see registry/mlflow_pyfunc.py).
 MLFLOW_ARTIFACT_KEY = "classifier"
+# Where an imported model keeps the MLflow model inside its BentoML store directory.
+STORED_MLFLOW_MODEL_DIR = "mlflow_model"
 
 
 class ArtifactError(RuntimeError):
@@ -194,3 +196,11 @@ def _confined(model_dir: Path, relative: str, mlmodel: Path) -> Path:
             f"the model directory {root}; refusing to read it"
         )
     return target
+
+
+def stored_artifact_dir(stored_model_path: str | Path) -> Path:
+    """The classifier artifact inside a model imported into the BentoML store (its directory).
+
+    Raises ``ArtifactError`` when the stored MLmodel points outside the stored model.
+    """
+    return classifier_artifact_dir(Path(stored_model_path) / STORED_MLFLOW_MODEL_DIR)

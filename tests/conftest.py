@@ -114,7 +114,7 @@ def multi_label_run(session_dir, tracking_uri, demo_data):
 
 @pytest.fixture(scope="session")
 def single_label_bento(single_label_run):
-    from models.bento_import import import_from_mlflow
+    from registry.bento_import import import_from_mlflow
 
     model, _ = import_from_mlflow("models:/shapes-single@champion", bento_name="shapes-single")
     return model
@@ -122,7 +122,7 @@ def single_label_bento(single_label_run):
 
 @pytest.fixture(scope="session")
 def multi_label_bento(multi_label_run):
-    from models.bento_import import import_from_mlflow
+    from registry.bento_import import import_from_mlflow
 
     model, _ = import_from_mlflow("models:/shapes-multi@champion", bento_name="shapes-multi")
     return model

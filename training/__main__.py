@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
 
-    from models.tracking_server import TrackingServerError
+    from registry.tracking_server import TrackingServerError
 
     from .data import DataError
     from .rundir import RunDirBusyError

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from models.image_io import ImageDecodeError, load_image
 from models.labels import LabelSet, Task
-from models.preprocessing import ImageDecodeError, load_image
 
 from .config import DataConfig
 

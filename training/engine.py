@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.device import autocast_dtype
 from models.labels import Task
 
 from .config import OptimConfig
@@ -16,7 +17,8 @@ from .config import OptimConfig
 
 @dataclass(frozen=True)
 class Precision:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)."""
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling), chosen by
+    the training profile of ``models.device``."""
 
     device: torch.device
     dtype: torch.dtype | None
@@ -24,16 +26,8 @@ class Precision:
 
     @classmethod
     def for_device(cls, device: torch.device, amp: bool) -> Precision:
-        if device.type != "cuda":
-            return cls(device, None, channels_last=False)
-        dtype = None
-        if amp:
-            dtype = (
-                torch.bfloat16
-                if torch.cuda.is_bf16_supported(including_emulation=False)
-                else torch.float16
-            )
-        return cls(device, dtype, channels_last=True)
+        dtype = autocast_dtype(device.type, "auto" if amp else "float32", profile="training")
+        return cls(device, dtype, channels_last=device.type == "cuda")
 
     def autocast(self):
         return torch.autocast(

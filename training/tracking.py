@@ -12,7 +12,7 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 
-from models.mlflow_pyfunc import log_classifier_model
+from registry.mlflow_pyfunc import log_classifier_model
 
 from .config import TrainConfig, flatten
 

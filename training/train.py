@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.artifact import ModelSpec
+from models.device import choose_device
 from models.factory import create_classifier
 from models.labels import LabelSet, Task, scores_from_logits
-from models.predictor import choose_device
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
-from models.tracking_server import check_tracking_reachable
+from registry.tracking_server import check_tracking_reachable
 
 from . import checkpoint, plots, rundir, tracking
 from .config import TrainConfig

@@ -54,8 +54,8 @@ def running_container(env, image: str, network: str, *args: str):
 def test_image_serves_the_packaged_model_like_in_process(
     docker_env, classifier_image, docker_network, single_label_bento, png_images
 ):
-    from models.bento_import import artifact_dir
     from models.predictor import Predictor
+    from registry.bento_import import artifact_dir
 
     images = png_images[::4]
     # The image's defaults (precision auto: bf16 on CPUs with native bf16) and one image per

@@ -149,7 +149,7 @@ def test_training_on_the_host_logs_to_the_stack_mlflow_and_imports(
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-4000:]
     imported = subprocess.run(
-        [sys.executable, "-m", "models", "import", "models:/stack-shapes@champion",
+        [sys.executable, "-m", "registry", "import", "models:/stack-shapes@champion",
          "--tracking-uri", stack["mlflow"]],
         env=env, capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT,
     )  # fmt: skip
@@ -198,7 +198,7 @@ def test_mlflow_refuses_clients_without_valid_credentials(stack, tmp_path):
     }
     started = time.monotonic()
     imported = subprocess.run(
-        [sys.executable, "-m", "models", "import", "models:/stack-shapes@champion",
+        [sys.executable, "-m", "registry", "import", "models:/stack-shapes@champion",
          "--tracking-uri", stack["mlflow"]],
         env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
     )  # fmt: skip

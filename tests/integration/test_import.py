@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from models.artifact import ArtifactError, check_artifact, classifier_artifact_dir, read_spec
-from models.bento_import import ModelImportError, artifact_dir, import_from_mlflow
+from registry.bento_import import ModelImportError, artifact_dir, import_from_mlflow
 
 from ..support.http_stub import local_http_server
 
@@ -197,7 +197,7 @@ def test_a_damaged_copy_is_replaced_when_the_same_version_is_imported_again(
     with pytest.raises(ArtifactError):
         check_artifact(artifact_dir(first))
 
-    with caplog.at_level(logging.WARNING, logger="models.bento_import"):
+    with caplog.at_level(logging.WARNING, logger="registry.bento_import"):
         again, created_again = import_from_mlflow(uri, bento_name="shapes-damaged")
     assert created_again
     assert again.tag != first.tag

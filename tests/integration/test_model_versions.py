@@ -12,8 +12,8 @@ import requests
 from PIL import Image
 
 from models.artifact import SPEC_FILE, read_spec
-from models.bento_import import artifact_dir, import_from_mlflow
-from models.mlflow_pyfunc import log_classifier_model
+from registry.bento_import import artifact_dir, import_from_mlflow
+from registry.mlflow_pyfunc import log_classifier_model
 
 from .conftest import bentoml_server
 

@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from models import Predictor, load_image
-from models.bento_import import artifact_dir
+from registry.bento_import import artifact_dir
 
 from .conftest import bentoml_server, free_port
 
@@ -278,7 +278,7 @@ def test_concurrency_over_the_limit_is_refused_quickly(tight_server, png_images)
     statuses = [response.status_code for response, _ in results]
     assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses.count(429) > 0 and statuses.count(200) > 0
-    # Refusals say when to come back (added in front of BentoML's limiter: models/http_front.py).
+    # Refusals say when to come back (added in front of BentoML's limiter: serving/http_front.py).
     assert all(r.headers.get("retry-after") == "1" for r, _ in results if r.status_code != 200)
     refused_in = [elapsed for response, elapsed in results if response.status_code == 429]
     # Client-side time, encoding included, on a 2-core machine shared with the server.
@@ -385,7 +385,7 @@ def test_unknown_model_fails_start_up_saying_what_to_do(session_dir):
         {"CLASSIFIER_MODEL_TAG": "no-such-model:latest"},
         session_dir / "serve-missing.log",
         "no-such-model:latest is not in the BentoML store",
-        "python -m models import",
+        "python -m registry import",
     )
 
 

@@ -10,7 +10,7 @@ import requests
 from PIL import Image
 
 from models import Predictor, load_image
-from models.bento_import import artifact_dir
+from registry.bento_import import artifact_dir
 
 from .conftest import bentoml_server
 

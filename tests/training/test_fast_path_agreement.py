@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from models import Predictor, load_image
-from models.serving import ServingSettings, configure_request_decoding, decode_upload
+from serving.runtime import build_runtime
+from serving.settings import ServingSettings
 from training.synthetic import SHAPES
 
 MIN_TOP1_AGREEMENT = 0.99
@@ -35,24 +36,25 @@ def _top1(predictor, images) -> list[str]:
 
 @pytest.mark.parametrize("reduced_decode", [True, False])
 def test_bf16_and_reduced_decode_agree_with_fp32_full_decode(
-    single_label_run, holdout_data, monkeypatch, reduced_decode
+    single_label_run, holdout_data, reduced_decode
 ):
-    from models import serving
-
-    monkeypatch.setattr(serving, "_REQUEST_DECODING", None)
     jpegs = _photo_sized_jpegs(holdout_data)
     exact = Predictor.from_artifact(single_label_run.artifact_dir, "cpu", "float32")
-    fast = Predictor.from_artifact(single_label_run.artifact_dir, "cpu", "bfloat16")
-    assert fast.plan.autocast_dtype is torch.bfloat16
-
-    if reduced_decode:  # the photo-sized inputs really take the reduced path
-        resize_size = fast.spec.preprocessing.resize_size
-        assert max(load_image(jpegs[1], min_size=resize_size).size) < 768
-    reference = _top1(exact, [load_image(data) for data in jpegs])
-    configure_request_decoding(
-        ServingSettings(reduced_jpeg_decode=reduced_decode), fast.preprocessing
+    # What the service serves: the runtime it builds, with the fast path forced on.
+    settings = ServingSettings(
+        device="cpu", precision="bfloat16", reduced_jpeg_decode=reduced_decode
     )
-    served = _top1(fast, [decode_upload(data) for data in jpegs])
+    fast = build_runtime(settings, single_label_run.artifact_dir, warmup=False)
+    try:
+        assert fast.predictor.plan.autocast_dtype is torch.bfloat16
+        if reduced_decode:  # the photo-sized inputs really take the reduced path
+            assert fast.decoder.min_size == fast.predictor.spec.preprocessing.resize_size
+            assert max(load_image(jpegs[1], min_size=fast.decoder.min_size).size) < 768
+        reference = _top1(exact, [load_image(data) for data in jpegs])
+        images = [fast.decoder.decode_one(data) for data in jpegs]
+        served = [row[0].label for row in fast.torch_thread.call(fast.classify_batch, images)]
+    finally:
+        fast.close()
 
     agreement = sum(a == b for a, b in zip(reference, served, strict=True)) / len(jpegs)
     assert len(jpegs) >= 200

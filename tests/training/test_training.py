@@ -209,7 +209,7 @@ def test_bad_data_fails_before_any_run(tmp_path, small_data, tracking_uri):
 
 
 def test_unreachable_tracking_server_fails_before_any_training(tmp_path, small_data):
-    from models.tracking_server import TrackingServerError
+    from registry.tracking_server import TrackingServerError
 
     cfg = _small_config(tmp_path, small_data, "http://127.0.0.1:9")
     with pytest.raises(TrackingServerError, match="cannot reach the MLflow tracking server"):

@@ -9,7 +9,7 @@ from benchmarks import report
 from benchmarks.loadgen import check_loopback
 from benchmarks.targets import evaluate
 from benchmarks.workload import make_uploads
-from models.predictor import TorchThread
+from serving.torch_thread import TorchThread
 
 
 def _entry(ours_at_32: float, errors: dict | None = None) -> dict:

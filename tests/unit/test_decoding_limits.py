@@ -1,5 +1,5 @@
 """Uploads that cost far more than their size (issue 10): refused cheaply, or decoded within the
-request's budgets. In-process: the decoding functions the service runs on its decode thread."""
+request's budgets. In-process: the request decoder the service runs on its decode thread."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.preprocessing import (
+from models.image_io import (
     ACCEPTED_FORMATS,
     ImageDecodeError,
     load_image,
     open_image,
     to_rgb,
 )
-from models.serving import RequestAbandonedError, RequestDecoding, decode_uploads
+from serving.decoding import DecodeLimits, RequestAbandonedError, RequestDecoder
 
 from ..support import hostile_images
 
@@ -107,9 +107,17 @@ def test_sixteen_bit_conversion_needs_no_wide_temporaries():
     assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row.astype(int)) >= 0)
 
 
-def _decoding(**overrides) -> RequestDecoding:
-    values = {"max_pixels": 50_000_000, "max_aspect_ratio": 32.0, "max_images": 64}
-    return RequestDecoding(**{**values, **overrides})
+def _decoder(min_size: int | None = None, **overrides) -> RequestDecoder:
+    values = {
+        "max_pixels": 50_000_000,
+        "max_aspect_ratio": 32.0,
+        "max_images": 64,
+        "max_request_pixels": 100_000_000,
+        "cpu_budget_s": 10.0,
+    }
+    decoder = RequestDecoder(limits=DecodeLimits(**{**values, **overrides}))
+    decoder.min_size = min_size  # what a model's preprocessing sets: reduced JPEG decode
+    return decoder
 
 
 class _Upload:
@@ -129,9 +137,9 @@ def test_request_pixel_budget_counts_all_images_before_decoding_any():
     large = hostile_images.large_png(8000, 6000)  # 48 megapixels in ~60 kB
     uploads = [_Upload(f"{i}.png", large) for i in range(3)]
     with pytest.raises(ImageDecodeError, match="3 images of 144000000 pixels in all, over the"):
-        decode_uploads(uploads, _decoding(max_request_pixels=100_000_000))
+        _decoder(max_request_pixels=100_000_000).decode_uploads(uploads)
     two = [_Upload(f"{i}.png", _png()) for i in range(2)]
-    assert [d.image.size for d in decode_uploads(two, _decoding())] == [(64, 48)] * 2
+    assert [d.image.size for d in _decoder().decode_uploads(two)] == [(64, 48)] * 2
 
 
 def test_reduced_jpeg_decode_counts_at_its_reduced_size():
@@ -139,36 +147,36 @@ def test_reduced_jpeg_decode_counts_at_its_reduced_size():
     Image.new("RGB", (4000, 3000), "navy").save(buffer, "JPEG")
     uploads = [_Upload("big.jpg", buffer.getvalue())]
     with pytest.raises(ImageDecodeError, match="over the limit"):
-        decode_uploads(uploads, _decoding(max_request_pixels=1_000_000))
+        _decoder(max_request_pixels=1_000_000).decode_uploads(uploads)
     uploads[0].file.seek(0)
     # Decoded at 1/8 (500x375) for a 256-pixel resize target: within a 1-megapixel budget.
-    [decoded] = decode_uploads(uploads, _decoding(max_request_pixels=1_000_000, min_size=256))
+    [decoded] = _decoder(max_request_pixels=1_000_000, min_size=256).decode_uploads(uploads)
     assert decoded.image.size == (500, 375)
 
 
 def test_cpu_budget_is_checked_between_images():
     uploads = [_Upload(f"{i}.png", _png((2000, 1500))) for i in range(3)]
     with pytest.raises(ImageDecodeError, match=r"CPU, over the budget of 1e-06 s"):
-        decode_uploads(uploads, _decoding(cpu_budget_s=1e-6))
+        _decoder(cpu_budget_s=1e-6).decode_uploads(uploads)
 
 
 def test_abandoned_request_stops_decoding():
     abandoned = threading.Event()
     abandoned.set()
     with pytest.raises(RequestAbandonedError):
-        decode_uploads([_Upload("a.png", _png())], _decoding(), abandoned=abandoned)
+        _decoder().decode_uploads([_Upload("a.png", _png())], abandoned)
 
 
 def test_bad_upload_among_good_ones_is_named():
     uploads = [_Upload("good.png", _png()), _Upload("notes.txt", b"hello")]
     with pytest.raises(ImageDecodeError, match="notes.txt: not a recognised image format"):
-        decode_uploads(uploads, _decoding())
+        _decoder().decode_uploads(uploads)
 
 
 def test_file_names_cannot_forge_lines_in_errors_or_logs():
     uploads = [_Upload("evil.txt\nWARNING forged line", b"hello")]
     with pytest.raises(ImageDecodeError) as raised:
-        decode_uploads(uploads, _decoding())
+        _decoder().decode_uploads(uploads)
     assert "\n" not in str(raised.value) and "evil.txt\\nWARNING" in str(raised.value)
 
 
@@ -183,6 +191,6 @@ def test_images_are_opened_and_decoded_one_at_a_time(monkeypatch):
 
     monkeypatch.setattr(Image, "open", counting_open)
     uploads = [_Upload(f"{i}.png", _png((200, 100))) for i in range(4)]
-    decode_uploads(uploads, _decoding())
+    _decoder().decode_uploads(uploads)
     assert len(open_images) == 8  # headers, then decodes
     assert all(image.fp is None for image in open_images)  # every one closed

@@ -12,12 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.preprocessing import (
-    EvalPreprocessing,
-    ImageDecodeError,
-    PreprocessConfig,
-    load_image,
-)
+from models.image_io import ImageDecodeError, load_image
+from models.preprocessing import EvalPreprocessing, PreprocessConfig
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-from models.http_front import (
+from serving.http_front import (
     UNMATCHED_PATH,
     FoldUnknownPaths,
     FrontedService,

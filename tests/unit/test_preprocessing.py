@@ -5,9 +5,11 @@ import torch
 from PIL import Image
 
 from models import PreprocessConfig, create_eval_transform, load_image
+from models.image_io import ImageDecodeError
 from models.labels import LabelSet, Task
-from models.preprocessing import EvalPreprocessing, ImageDecodeError
-from models.serving import decode_upload
+from models.preprocessing import EvalPreprocessing
+from serving.decoding import RequestDecoder
+from serving.settings import ServingSettings
 from training.data import ImageDataset, Sample
 
 
@@ -78,7 +80,8 @@ def test_training_evaluation_and_serving_produce_identical_tensors(tmp_path):
         [Sample(path, ("a",), str(path))], LabelSet.from_names(["a"]), Task.SINGLE_LABEL, transform
     )
     from_training, _ = dataset[0]
-    from_service = transform(decode_upload(path.read_bytes()))
+    decoder = RequestDecoder.from_settings(ServingSettings())
+    from_service = transform(decoder.decode_one(path.read_bytes()))
 
     assert from_training.shape == (3, 48, 48)
     assert torch.equal(from_training, from_service)

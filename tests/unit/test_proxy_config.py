@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from models.serving import ServingSettings
+from serving.settings import ServingSettings
 
 from ..conftest import PROJECT_ROOT
 from ..support.tools import require_tool

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
 
-from models.request_guard import RequestGuard
+from serving.guard import RequestGuard
 
 KEY = "unit-test-key-0123456789"
 pytestmark = pytest.mark.anyio

@@ -5,16 +5,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from pydantic import ConfigDict, TypeAdapter
 
 from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
-from models.preprocessing import ImageDecodeError, load_image
-from models.serving import (
+from models.image_io import ImageDecodeError, load_image
+from models.preprocessing import EvalPreprocessing
+from serving.decoding import DecodedImage, DecodeLimits, RequestDecoder
+from serving.parsing import UploadedImage
+from serving.runtime import warmup_batch_sizes
+from serving.settings import (
     CPU_MAX_BATCH_SIZE,
     SERVICE_NAME,
     ServingSettings,
-    decode_upload,
     load_service_config,
-    warmup_batch_sizes,
 )
 
 from ..conftest import PROJECT_ROOT
@@ -123,25 +126,44 @@ def test_in_process_images_get_the_upload_treatment():
     exif[0x0112] = 6
     buffer = io.BytesIO()
     rotated.convert("RGB").save(buffer, format="JPEG", exif=exif.tobytes())
-    decoded = decode_upload(Image.open(io.BytesIO(buffer.getvalue())))
+    validated = TypeAdapter(
+        UploadedImage, config=ConfigDict(arbitrary_types_allowed=True)
+    ).validate_python
+    decoded = validated(Image.open(io.BytesIO(buffer.getvalue())))
     assert decoded.mode == "RGB" and decoded.size == (20, 40)
+    with pytest.raises(ValueError, match="over the limit of 50000000"):
+        validated(Image.new("L", (10_000, 6_000)))
+    with pytest.raises(ValueError, match="expected an uploaded image file, got bytes"):
+        validated(buffer.getvalue())
+    # What the request parser decoded passes through untouched.
+    assert validated(DecodedImage(decoded)) is decoded
 
 
-def test_decode_upload_accepts_uploads_and_names_the_bad_file():
+def _decoder(settings: ServingSettings, preprocessing=None) -> RequestDecoder:
+    return RequestDecoder.from_settings(settings, preprocessing=preprocessing)
+
+
+def test_decoder_accepts_uploads_and_names_the_bad_file():
     buffer = io.BytesIO()
     Image.new("L", (5, 5)).save(buffer, format="PNG")
+    decoder = _decoder(ServingSettings())
     upload = SimpleNamespace(file=io.BytesIO(buffer.getvalue()), filename="ok.png")
-    assert decode_upload(upload).mode == "RGB"
+    [decoded] = decoder.decode_uploads([upload])
+    assert decoded.image.mode == "RGB"
     bad = SimpleNamespace(file=io.BytesIO(b"garbage"), filename="cat.jpg")
     with pytest.raises(ImageDecodeError, match="cat.jpg: not a recognised image format"):
-        decode_upload(bad)
+        decoder.decode_uploads([bad])
     with pytest.raises(ImageDecodeError, match="expected an image file upload"):
-        decode_upload(12)
+        decoder.decode_uploads([12])
+    with pytest.raises(ImageDecodeError, match="no images"):
+        decoder.check_count([])
+    with pytest.raises(ImageDecodeError, match="65 images in one request, over the limit of 64"):
+        decoder.check_count([upload] * 65)
 
 
 def test_precision_choices():
     from models import choose_device
-    from models.predictor import cpu_has_native_bf16
+    from models.device import cpu_has_native_bf16
 
     assert choose_device("cpu", "float32").autocast_dtype is None
     assert choose_device("cpu", "bfloat16").autocast_dtype is torch.bfloat16
@@ -163,22 +185,17 @@ def test_batch_size_defaults_and_warmup_shapes():
     assert warmup_batch_sizes(2) == (1, 2)
 
 
-def test_configured_decoding_prepares_uploads_for_the_model(monkeypatch):
-    """Once the service configures it, request validation decodes large JPEGs at reduced size
-    and resizes/crops to the model's input; the batch then only stacks and normalises."""
-    from models import serving
-    from models.preprocessing import EvalPreprocessing
-
-    monkeypatch.setattr(serving, "_REQUEST_DECODING", None)
+def test_decoder_prepares_uploads_for_the_model():
+    """A decoder built for a model decodes large JPEGs at reduced size and resizes/crops to the
+    model's input; the batch then only stacks and normalises."""
     photo = Image.effect_noise((1024, 768), 40).convert("RGB")
     buffer = io.BytesIO()
     photo.save(buffer, format="JPEG")
     config = PreprocessConfig(input_size=(3, 224, 224), crop_pct=0.875)
     steps = EvalPreprocessing(config)
-    assert decode_upload(buffer.getvalue()).size == (1024, 768)
+    assert _decoder(ServingSettings()).decode_one(buffer.getvalue()).size == (1024, 768)
 
-    serving.configure_request_decoding(ServingSettings(), steps)
-    prepared = decode_upload(buffer.getvalue())
+    prepared = _decoder(ServingSettings(), steps).decode_one(buffer.getvalue())
     assert prepared.size == (224, 224) and steps.is_prepared(prepared)
     # It went through the reduced decode (512x384: 384 >= the resize target 256), not a full one.
     assert config.resize_size == 256
@@ -188,7 +205,14 @@ def test_configured_decoding_prepares_uploads_for_the_model(monkeypatch):
     full_decode = steps.to_batch([Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")])
     assert not torch.equal(steps.to_batch([prepared]), full_decode)
 
-    serving.configure_request_decoding(ServingSettings(reduced_jpeg_decode=False), steps)
-    full = steps.to_batch([decode_upload(buffer.getvalue())])
+    exact = _decoder(ServingSettings(reduced_jpeg_decode=False), steps)
+    full = steps.to_batch([exact.decode_one(buffer.getvalue())])
     decoded_in_full = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     assert torch.equal(full, steps.to_batch([decoded_in_full]))
+
+
+def test_decode_limits_come_from_the_settings():
+    settings = ServingSettings(max_image_pixels=1000, max_images_per_request=2)
+    limits = DecodeLimits.from_settings(settings)
+    assert (limits.max_pixels, limits.max_images) == (1000, 2)
+    assert limits.cpu_budget_s == settings.decode_cpu_budget_s

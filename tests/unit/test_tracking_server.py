@@ -1,4 +1,4 @@
-"""models/tracking_server.py against a real HTTP server on 127.0.0.1 that guards its API with
+"""registry/tracking_server.py against a real HTTP server on 127.0.0.1 that guards its API with
 basic auth the way `mlflow server --app-name basic-auth` does (/health open, the API 401)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from models.tracking_server import TrackingServerError, check_tracking_reachable
+from registry.tracking_server import TrackingServerError, check_tracking_reachable
 
 from ..support.http_stub import local_http_server
 

@@ -1,9 +1,10 @@
 """The classifier as an MLflow pyfunc model, logged as "model from code" (no pickling).
 
-MLflow stores the artifact directory under ``artifacts/classifier`` and this package under
-``code/``; loading runs ``_mlflow_entry.py``, which only instantiates :class:`ImageClassifierModel`.
-So ``mlflow.pyfunc.load_model`` / ``mlflow models serve`` work, and our own loaders can read the
-artifact directory directly.
+MLflow stores the artifact directory under ``artifacts/classifier``, the model core (``models/``)
+under ``code/`` and ``_mlflow_entry.py`` as the model's code; loading runs that file, which
+defines and instantiates the pyfunc. So ``mlflow.pyfunc.load_model`` / ``mlflow models serve``
+work without this project's registry or serving code, and our own loaders can read the artifact
+directory directly.
 """
 
 import logging
@@ -12,37 +13,15 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
-from .artifact import MLFLOW_ARTIFACT_KEY as ARTIFACT_KEY
+import models
+from models.artifact import MLFLOW_ARTIFACT_KEY as ARTIFACT_KEY
 
 logger = logging.getLogger(__name__)
 
-IMAGE_COLUMN = "image"
+IMAGE_COLUMN = "image"  # the entry file's column, repeated there: it may import only `models`
 ENTRY_FILE = Path(__file__).with_name("_mlflow_entry.py")
-PACKAGE_DIR = Path(__file__).parent
-
-
-class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """Rows of encoded image bytes in, labels and scores per row out."""
-
-    def load_context(self, context) -> None:
-        from .predictor import Predictor
-
-        # fp32: batch scoring through MLflow gives the exact scores evaluation gave.
-        self.predictor = Predictor.from_artifact(
-            context.artifacts[ARTIFACT_KEY], precision="float32"
-        )
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from .preprocessing import load_image
-
-        images = [load_image(bytes(value)) for value in model_input[IMAGE_COLUMN]]
-        predictions = self.predictor.predict(images)
-        return pd.DataFrame(
-            {
-                "labels": [[p.label for p in row] for row in predictions],
-                "scores": [[p.score for p in row] for row in predictions],
-            }
-        )
+# The only code an MLflow model ships: the model core.
+MODEL_CODE_DIR = Path(models.__file__).parent
 
 
 def model_signature():
@@ -66,7 +45,7 @@ def log_classifier_model(
         name="model",
         python_model=str(ENTRY_FILE),
         artifacts={ARTIFACT_KEY: str(artifact_dir)},
-        code_paths=[str(PACKAGE_DIR)],
+        code_paths=[str(MODEL_CODE_DIR)],
         signature=model_signature(),
         input_example=pd.DataFrame({IMAGE_COLUMN: [example_image]}),
         pip_requirements=pip_requirements(),

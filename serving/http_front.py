@@ -27,7 +27,7 @@ from bentoml import Service
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 
-from models.request_guard import ASGIApp, Message, Receive, Scope, Send
+from .guard import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 

@@ -17,20 +17,23 @@ from pathlib import Path
 
 import bentoml
 
-from . import tracking_server
-from .artifact import (
+from models.artifact import (
+    STORED_MLFLOW_MODEL_DIR,
     ArtifactError,
     ModelSpec,
     check_artifact,
     classifier_artifact_dir,
     load_artifact,
+    stored_artifact_dir,
 )
+
+from . import tracking_server
 from .tracking_server import TrackingServerError, redact
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BENTO_MODEL_NAME = "image-classifier"
-MLFLOW_MODEL_DIR = "mlflow_model"
+MLFLOW_MODEL_DIR = STORED_MLFLOW_MODEL_DIR
 
 _REGISTERED_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _REGISTERED_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -162,7 +165,7 @@ def artifact_dir(bento_model: bentoml.Model) -> Path:
 
     Raises ``ArtifactError`` when the stored MLmodel points outside the stored model.
     """
-    return classifier_artifact_dir(bento_model.path_of(MLFLOW_MODEL_DIR))
+    return stored_artifact_dir(bento_model.path)
 
 
 def _damage(bento_model: bentoml.Model) -> str | None:

@@ -1,4 +1,4 @@
-"""`python -m models import URI`: copy a registered MLflow model into the BentoML store."""
+"""`python -m registry import URI`: copy a registered MLflow model into the BentoML store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="import an MLflow model into the BentoML model store")
     imp.add_argument(
@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             bento_name=args.name or DEFAULT_BENTO_MODEL_NAME,
         )
     except ModelImportError as exc:
-        logging.getLogger("models").error("%s", exc)
+        logging.getLogger("registry").error("%s", exc)
         return 2
     sys.stdout.write(f"{model.tag}\n")
-    logging.getLogger("models").info(
+    logging.getLogger("registry").info(
         "%s %s", "imported" if created else "already imported as", model.tag
     )
     return 0
@@ -71,7 +71,7 @@ def _resolve(model_uri: str, tracking_uri: str | None) -> int:
         check_tracking_reachable(tracking_uri)
         source = resolve_source(model_uri, MlflowClient(tracking_uri, registry_uri=tracking_uri))
     except ModelImportError as exc:
-        logging.getLogger("models").info("%s", exc)
+        logging.getLogger("registry").info("%s", exc)
         return 3
     sys.stdout.write(f"{source.download_uri} (run {source.run_id})\n")
     return 0

@@ -1,0 +1,148 @@
+"""What the service class delegates to: start-up in a worker, the two APIs' bodies, and the
+request-path protections wired around the class."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from .decoding import RequestDecoder
+from .guard import RequestGuard
+from .http_front import OverloadAnswers, quiet_client_errors
+from .model_store import FIX_THE_MODEL, ServedModel
+from .parsing import install_request_parsing
+from .runtime import Runtime, build_runtime
+from .schemas import Classification, ModelMetadata, ModelRef
+from .settings import SERVICE_NAME, ServingSettings
+from .telemetry import install as install_metrics
+
+logger = logging.getLogger("bentoml.image_classifier")
+
+
+@dataclass
+class ServedClassifier:
+    """One worker's loaded model and what it answers."""
+
+    settings: ServingSettings
+    runtime: Runtime
+    model: ModelRef
+    training_metrics: dict[str, float]
+
+    @property
+    def decoder(self) -> RequestDecoder:
+        return self.runtime.decoder
+
+    @classmethod
+    def start(
+        cls,
+        settings: ServingSettings,
+        served_model: ServedModel,
+        *,
+        service_config: dict[str, Any],
+    ) -> ServedClassifier:
+        """Load, warm up and publish the model; never come up with a broken one."""
+        model = served_model.lineage()
+        namespace = service_config.get("metrics", {}).get("namespace", SERVICE_NAME)
+        metrics = install_metrics(namespace, model_info_labels=_MODEL_INFO_LABELS)
+        try:
+            runtime = build_runtime(settings, served_model.artifact_dir(), metrics=metrics)
+        except Exception as exc:
+            raise RuntimeError(
+                f"model {model.tag} in the BentoML store could not be loaded: "
+                f"{type(exc).__name__}: {exc}. {FIX_THE_MODEL}"
+            ) from exc
+        predictor = runtime.predictor
+        metrics.publish_model_info(
+            {
+                "model_tag": model.tag,
+                "mlflow_model": model.mlflow_registered_name,
+                "mlflow_version": model.mlflow_version,
+                "mlflow_run_id": model.mlflow_run_id,
+                "architecture": predictor.spec.architecture,
+                "task": predictor.spec.task.value,
+                "device": predictor.plan.device.type,
+            }
+        )
+        quiet_client_errors()  # a bad upload is one WARNING line, not an ERROR with a traceback
+        logger.info(
+            "Serving %s (MLflow %s v%s) on %s",
+            model.tag,
+            model.mlflow_registered_name or "-",
+            model.mlflow_version or "-",
+            predictor.plan.describe(),
+        )
+        return cls(settings, runtime, model, served_model.training_metrics())
+
+    async def classify(self, images: list[Image.Image]) -> list[Classification]:
+        results = await self.runtime.classify(images)
+        return [Classification(labels=labels, model=self.model) for labels in results]
+
+    def metadata(self) -> ModelMetadata:
+        spec = self.runtime.predictor.spec
+        return ModelMetadata(
+            model=self.model,
+            architecture=spec.architecture,
+            task=spec.task.value,
+            labels=list(spec.labels),
+            top_k=spec.top_k,
+            threshold=spec.threshold,
+            class_thresholds=spec.class_thresholds,
+            preprocessing=spec.preprocessing.model_dump(mode="json"),
+            device=self.runtime.predictor.plan.describe(),
+            metrics=self.training_metrics,
+            max_batch_size=self.runtime.max_batch_size,
+            max_latency_ms=self.settings.max_latency_ms,
+        )
+
+
+_MODEL_INFO_LABELS = (
+    "model_tag",
+    "mlflow_model",
+    "mlflow_version",
+    "mlflow_run_id",
+    "architecture",
+    "task",
+    "device",
+)
+
+
+def current_decoder() -> RequestDecoder:
+    """The request decoder of this worker's service instance (BentoML creates one per worker)."""
+    import bentoml
+
+    return bentoml.get_current_service().served.decoder
+
+
+def protect(
+    service: Any, *, settings: ServingSettings, decoder_of: Callable[[], RequestDecoder]
+) -> None:
+    """Wire the request-path protections around a decorated service class.
+
+    - ``RequestGuard`` (ASGI): API keys and the body limit, checked before a body is read, and
+      the body read timeout (``serving/guard.py``).
+    - ``OverloadAnswers`` (front, outside BentoML's metrics and limiter): Retry-After on
+      429/503, and a 503 body that says the batcher shed the request; unknown paths fold into
+      one metrics label (``serving/http_front.py``).
+    - ``/classify`` parses its own requests: files only, decoded off the event loop by the
+      worker's decoder, malformed requests a 4xx (``serving/parsing.py``).
+    """
+    service.add_asgi_middleware(
+        RequestGuard,
+        api_keys=settings.api_key_list(),
+        max_body_bytes=settings.max_request_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
+    service.add_front_middleware(
+        OverloadAnswers,
+        retry_after_s=1,
+        shed_paths=["/classify"],
+        shed_message=(
+            "overloaded: adaptive batching predicted this request would wait longer than "
+            f"CLASSIFIER_MAX_LATENCY_MS ({settings.max_latency_ms} ms) and shed it; retry later"
+        ),
+    )
+    install_request_parsing(service.apis["classify"], decoder_of=decoder_of)

@@ -1,0 +1,220 @@
+"""Decoding one request's uploads under its budgets, on a thread of its own.
+
+A :class:`RequestDecoder` is built for one loaded model (``serving.runtime.build_runtime``) and
+handed to the request parser: nothing here reads the environment or keeps module state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from models.image_io import ImageDecodeError, finish_decode, load_image, open_image
+from models.preprocessing import EvalPreprocessing
+
+from .settings import ServingSettings
+from .telemetry import NO_METRICS, ServiceMetrics
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one request may ask of the decoder."""
+
+    max_pixels: int
+    max_aspect_ratio: float
+    max_images: int
+    max_request_pixels: int
+    cpu_budget_s: float
+
+    @classmethod
+    def from_settings(cls, settings: ServingSettings) -> DecodeLimits:
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            max_aspect_ratio=settings.max_aspect_ratio,
+            max_images=settings.max_images_per_request,
+            max_request_pixels=settings.max_request_pixels,
+            cpu_budget_s=settings.decode_cpu_budget_s,
+        )
+
+
+class RequestAbandonedError(Exception):
+    """The request timed out (504) while its images were being decoded."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upload already decoded (and prepared) by a :class:`RequestDecoder`. Only server code
+    builds one, so request validation passes it through instead of decoding it again."""
+
+    image: Image.Image
+
+
+class RequestDecoder:
+    """Decodes uploads for one model: limits checked from the headers, large JPEGs decoded at
+    reduced size (``reduced_jpeg_decode``) and each image resized and cropped to the model's
+    input (``preprocessing``), so that work is done before a batch forms.
+
+    Every request is decoded on this decoder's one thread, never on the event loop: no upload,
+    however its header misleads, can stall health checks, 429s or the 504 timer while it
+    decodes (Pillow's codecs release the GIL). One thread keeps decoding serial, so it does
+    not crowd out the forward pass on small CPUs (docs/reliability.md).
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: DecodeLimits,
+        preprocessing: EvalPreprocessing | None = None,
+        reduced_jpeg_decode: bool = True,
+        metrics: ServiceMetrics = NO_METRICS,
+    ) -> None:
+        self.limits = limits
+        self.preprocessing = preprocessing
+        reduced = preprocessing is not None and reduced_jpeg_decode
+        self.min_size = preprocessing.config.resize_size if reduced else None
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ServingSettings,
+        *,
+        preprocessing: EvalPreprocessing | None = None,
+        metrics: ServiceMetrics = NO_METRICS,
+    ) -> RequestDecoder:
+        return cls(
+            limits=DecodeLimits.from_settings(settings),
+            preprocessing=preprocessing,
+            reduced_jpeg_decode=settings.reduced_jpeg_decode,
+            metrics=metrics,
+        )
+
+    def check_count(self, uploads: list[Any]) -> None:
+        """Refuse an empty request, or one with more images than allowed, before decoding."""
+        if not uploads:
+            raise ImageDecodeError("no images: send at least one file in the `images` field")
+        if len(uploads) > self.limits.max_images:
+            raise ImageDecodeError(
+                f"{len(uploads)} images in one request, over the limit of {self.limits.max_images}"
+            )
+
+    async def decode_off_the_loop(self, uploads: list[Any]) -> list[DecodedImage]:
+        """:meth:`decode_uploads` on the decoder's thread; a cancelled (timed-out) request stops
+        before its next image."""
+        abandoned = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self.decode_uploads, uploads, abandoned)
+            )
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    def decode_uploads(
+        self, uploads: list[Any], abandoned: threading.Event | None = None
+    ) -> list[DecodedImage]:
+        """Decode one request's uploads under its budgets, or raise ``ImageDecodeError`` (400).
+
+        Two passes, one image open at a time. First every header is read (accepted formats
+        only), each image checked against the per-image limits and all of them against
+        ``max_request_pixels``, so a request over budget costs no decoding. Then each image is
+        opened again, decoded, resized and closed. Before each open the request's CPU time
+        (``cpu_budget_s``) and ``abandoned`` (set when the request timed out) are checked. CPU
+        time is the calling thread's.
+        """
+        started = time.thread_time()
+        files = [(_safe_name(upload), _upload_bytes(upload)) for upload in uploads]
+        pixels = 0
+        for name, data in files:
+            self._check_budget(started, abandoned)
+            with _named(name), self._open(data) as image:
+                pixels += image.width * image.height
+        self._check_request_pixels(len(files), pixels)
+        decoded = []
+        for name, data in files:
+            self._check_budget(started, abandoned)
+            with self.metrics.time_decode(), _named(name), self._open(data) as image:
+                result = finish_decode(image)
+                if self.preprocessing is not None:
+                    result = self.preprocessing.prepare(result)
+            decoded.append(DecodedImage(result))
+        return decoded
+
+    def decode_one(self, data: bytes) -> Image.Image:
+        """One encoded image, decoded and prepared as a request's would be (in-process use:
+        the benchmark's ceiling and the agreement tests)."""
+        with self.metrics.time_decode():
+            image = load_image(
+                data,
+                max_pixels=self.limits.max_pixels,
+                min_size=self.min_size,
+                max_aspect_ratio=self.limits.max_aspect_ratio,
+            )
+            return self.preprocessing.prepare(image) if self.preprocessing else image
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _open(self, data: bytes) -> Image.Image:
+        return open_image(
+            data,
+            max_pixels=self.limits.max_pixels,
+            min_size=self.min_size,
+            max_aspect_ratio=self.limits.max_aspect_ratio,
+        )
+
+    def _check_request_pixels(self, images: int, pixels: int) -> None:
+        limit = self.limits.max_request_pixels
+        if pixels > limit:
+            raise ImageDecodeError(
+                f"{images} images of {pixels} pixels in all, over the limit of {limit} per "
+                "request (CLASSIFIER_MAX_REQUEST_PIXELS): send fewer or smaller images per request"
+            )
+
+    def _check_budget(self, started: float, abandoned: threading.Event | None) -> None:
+        if abandoned is not None and abandoned.is_set():
+            raise RequestAbandonedError("request abandoned while its images were being decoded")
+        used = time.thread_time() - started
+        if used > self.limits.cpu_budget_s:
+            raise ImageDecodeError(
+                f"decoding this request's images took {used:.1f} s of CPU, over the budget of "
+                f"{self.limits.cpu_budget_s:g} s (CLASSIFIER_DECODE_CPU_BUDGET_S): send fewer "
+                "or smaller images"
+            )
+
+
+def _safe_name(upload: Any) -> str | None:
+    """The upload's file name, with control characters escaped: it goes into errors and logs."""
+    name = getattr(upload, "filename", None)
+    if name is None:
+        return None
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
+def _upload_bytes(upload: Any) -> bytes:
+    raw = upload.file.read() if hasattr(upload, "file") else upload
+    if hasattr(raw, "read"):
+        raw = raw.read()
+    if not isinstance(raw, bytes | bytearray):
+        raise ImageDecodeError(f"expected an image file upload, got {type(upload).__name__}")
+    return bytes(raw)
+
+
+@contextlib.contextmanager
+def _named(name: str | None) -> Iterator[None]:
+    """Prefix decoding errors with the file's name, so the client knows which one failed."""
+    try:
+        yield
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None

@@ -1,0 +1,98 @@
+"""The serving stack for one model, built in one place.
+
+:func:`build_runtime` is what the service, the benchmark's in-process ceiling and the fast-path
+agreement test all use, so they measure and check exactly what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from models.labels import LabelScore, Task
+from models.predictor import Predictor
+
+from .decoding import RequestDecoder
+from .settings import ServingSettings
+from .telemetry import NO_METRICS, ServiceMetrics
+from .torch_thread import TorchThread
+
+
+def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two up to ``max_batch_size`` (and it): the shapes adaptive batching will form
+    most, so the first requests do not pay for kernel selection (oneDNN/cuDNN) at each shape."""
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    return tuple(dict.fromkeys([*sizes, max_batch_size]))
+
+
+@dataclass
+class Runtime:
+    """A loaded model with everything that serves it: the torch thread every torch call runs
+    on, the request decoder for its preprocessing, and the metrics both record into."""
+
+    predictor: Predictor
+    torch_thread: TorchThread
+    decoder: RequestDecoder
+    max_batch_size: int
+    metrics: ServiceMetrics
+
+    async def classify(self, images: list[Image.Image]) -> list[list[LabelScore]]:
+        """One batch, on the torch thread, without blocking the event loop."""
+        return await self.torch_thread.run(self.classify_batch, images)
+
+    def classify_batch(self, images: list[Image.Image]) -> list[list[LabelScore]]:
+        """One batch on the calling thread (call it on the torch thread)."""
+        with self.metrics.time_preprocess():
+            batch = self.predictor.preprocess(images)
+        with self.metrics.time_forward():
+            scores = self.predictor.scores(batch)
+        results = self.predictor.decode(scores)
+        # Single-label answers are ranked top-k lists: count what the client acts on, the top-1.
+        multi_label = self.predictor.spec.task is Task.MULTI_LABEL
+        self.metrics.count_predictions(
+            score.label for labels in results for score in (labels if multi_label else labels[:1])
+        )
+        return results
+
+    def close(self) -> None:
+        self.decoder.close()
+        self.torch_thread.close()
+
+
+def build_runtime(
+    settings: ServingSettings,
+    artifact_dir: str | Path,
+    *,
+    metrics: ServiceMetrics = NO_METRICS,
+    warmup: bool = True,
+) -> Runtime:
+    """Load the artifact on a new torch thread, build its request decoder and warm it up for
+    the batch sizes adaptive batching will form. Loading errors propagate unchanged."""
+    torch_thread = TorchThread()
+    try:
+        predictor = torch_thread.call(
+            Predictor.from_artifact,
+            artifact_dir,
+            device=settings.device,
+            precision=settings.precision,
+        )
+    except BaseException:
+        torch_thread.close()
+        raise
+    max_batch_size = settings.batch_size_limit()
+    decoder = RequestDecoder.from_settings(
+        settings, preprocessing=predictor.preprocessing, metrics=metrics
+    )
+    if warmup:
+        torch_thread.call(predictor.warmup, batch_sizes=warmup_batch_sizes(max_batch_size))
+    return Runtime(
+        predictor=predictor,
+        torch_thread=torch_thread,
+        decoder=decoder,
+        max_batch_size=max_batch_size,
+        metrics=metrics,
+    )

@@ -1,0 +1,183 @@
+"""The service's settings: ``CLASSIFIER_*`` environment variables and ``configuration.yaml``.
+
+Every setting has one home, its ``Field`` here; the README's configuration table is generated
+from these descriptions (``python -m serving.docs``), and a test keeps it in sync.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from models.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
+
+ENV_PREFIX = "CLASSIFIER_"
+SERVICE_NAME = "image_classifier"
+# Default largest batches. CPU: per-image throughput peaks around batch 8-16 and falls beyond
+# (caches); served at C=32, 16 beat 8 by ~7% in 2 A/B rounds, within run-to-run drift
+# (docs/performance.md). CUDA: large batches keep the GPU busy (not measured here).
+CPU_MAX_BATCH_SIZE = 16
+CUDA_MAX_BATCH_SIZE = 32
+MIN_API_KEY_LENGTH = 16
+# Two images at the per-image limit. A large PNG decodes at ~40 ns a pixel on the build machine
+# (a 48-megapixel one took 1.9 s), so a request stays within a few seconds of CPU; without a
+# request budget, 64 such images fit in one 10 MB request.
+DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS
+
+
+def load_service_config(path: Path) -> dict[str, Any]:
+    """This service's block of a BentoML configuration file (``services.image_classifier``).
+
+    Passing it to ``@bentoml.service`` makes plain ``bentoml serve`` use ``configuration.yaml``;
+    ``BENTOML_CONFIG`` / ``BENTOML_CONFIG_OPTIONS`` still override it.
+    """
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return {}
+    section = (document.get("services") or {}).get(SERVICE_NAME)
+    if section is not None and not isinstance(section, dict):
+        raise ValueError(f"{path}: services.{SERVICE_NAME} must be a mapping")
+    return dict(section or {})
+
+
+class ServingSettings(BaseModel):
+    """Settings the service needs before BentoML's own configuration applies.
+
+    Read from ``CLASSIFIER_*`` environment variables (e.g. ``CLASSIFIER_MODEL_TAG``); BentoML
+    runtime settings (timeouts, workers, metrics) live in ``configuration.yaml``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_tag: str = Field(
+        "image-classifier:latest", description="BentoML store tag of the model to serve"
+    )
+    device: str = Field("auto", description="auto, cuda or cpu")
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="forward-pass precision; auto: bf16/fp16 autocast on CUDA, bf16 on CPUs "
+        "with native bf16 (AVX512-BF16/AMX), fp32 elsewhere",
+    )
+    batching: bool = Field(
+        True, description="adaptive batching; off: each request's images form their own batch"
+    )
+    max_batch_size: int | None = Field(
+        None,
+        ge=2,
+        description=f"adaptive batching: largest batch; default {CPU_MAX_BATCH_SIZE} on CPU "
+        f"(larger batches are slower per image there), {CUDA_MAX_BATCH_SIZE} on CUDA",
+    )
+    max_latency_ms: int = Field(
+        10_000,
+        ge=1,
+        description="adaptive batching: requests predicted to wait longer are shed "
+        "with 503; generous so a 2-core CPU does not shed at modest concurrency",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="reject images with more pixels than this"
+    )
+    max_aspect_ratio: float = Field(
+        DEFAULT_MAX_ASPECT_RATIO,
+        ge=1,
+        description="reject images more elongated than this (long side / short side)",
+    )
+    max_images_per_request: int = Field(
+        64, ge=1, description="reject requests with more images than this (400)"
+    )
+    max_request_pixels: int = Field(
+        DEFAULT_MAX_REQUEST_PIXELS,
+        ge=1,
+        description="reject requests whose images together decode to more pixels than this "
+        "(400), read from the headers before any is decoded; large JPEGs count at their "
+        "reduced decode size",
+    )
+    decode_cpu_budget_s: float = Field(
+        10.0,
+        gt=0,
+        description="CPU seconds one request's images may take to decode and resize; checked "
+        "between images, over it the request gets 400",
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="reject request bodies larger than this (413), before reading them",
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request body that stops arriving for this many seconds gets 408, "
+        "which frees its concurrency slot (a stalled upload would otherwise hold it until "
+        "traffic.timeout)",
+    )
+    api_keys: SecretStr | None = Field(
+        None,
+        description="comma-separated API keys; when set, every endpoint but health, metrics "
+        "and the API docs needs `Authorization: Bearer <key>` or `X-API-Key: <key>` (401)",
+    )
+    reduced_jpeg_decode: bool = Field(
+        True,
+        description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when still >= the model's "
+        "resize size (faster; see docs/performance.md for the agreement with a full decode)",
+    )
+
+    def batch_size_limit(self) -> int:
+        """``max_batch_size``, or the default for the device the service will run on."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        import torch
+
+        on_cuda = self.device != "cpu" and torch.cuda.is_available()
+        return CUDA_MAX_BATCH_SIZE if on_cuda else CPU_MAX_BATCH_SIZE
+
+    def batching_options(self) -> dict[str, Any]:
+        """The ``@bentoml.api`` arguments of the batchable API."""
+        return {
+            "batchable": self.batching,
+            "max_batch_size": self.batch_size_limit(),
+            "max_latency_ms": self.max_latency_ms,
+        }
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        raw = value.get_secret_value() if value is not None else ""
+        if not raw.strip():
+            return None  # unset or empty (compose passes ""): authentication off
+        keys = [key.strip() for key in raw.split(",")]
+        if any(len(key) < MIN_API_KEY_LENGTH for key in keys):
+            # Also catches "," or "key,": a typo must not silently turn authentication off.
+            raise ValueError(
+                f"every key must have at least {MIN_API_KEY_LENGTH} characters "
+                "(e.g. `openssl rand -hex 16`); empty entries are not allowed"
+            )
+        return value
+
+    def api_key_list(self) -> list[str]:
+        if self.api_keys is None:
+            return []
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",")]
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
+        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = f"{ENV_PREFIX}{name.upper()}"
+            if key in environ:
+                values[name] = environ[key]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {error['msg']}"
+                if error["loc"]
+                else error["msg"]
+                for error in exc.errors()
+            )
+            raise ValueError(f"invalid serving configuration: {problems}") from None

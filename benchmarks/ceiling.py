@@ -4,8 +4,9 @@ Decode (the runtime's ``RequestDecoder``, what request parsing runs: reduced-siz
 resize and crop), then batch assembly and forward on the runtime's torch thread, through the
 runtime ``serving.runtime.build_runtime`` builds for the service.
 The best images/s over batch sizes is what a server could reach if HTTP, queuing and batching
-cost nothing. The machines drift by 20-30% over minutes (shared hosts, boost clocks), so the
-harness re-measures the ceiling right before each server and compares the two side by side.
+cost nothing. The machines drift over minutes (shared hosts, boost clocks; how much:
+docs/performance.md), so the harness re-measures the ceiling right before each server and
+compares the two side by side.
 """
 
 from __future__ import annotations

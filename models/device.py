@@ -36,7 +36,8 @@ Profile = Literal["inference", "training"]
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where it is ~2x fp32.
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where it beats fp32
+    (figures: docs/performance.md).
 
     Elsewhere oneDNN emulates bf16 and it is slower than fp32, so ``auto`` keeps fp32 there.
     """

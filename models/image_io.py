@@ -82,9 +82,10 @@ def load_image(
 
     With ``min_size``, a JPEG much larger than needed is decoded at a reduced scale (1/2, 1/4 or
     1/8, done by libjpeg in the DCT domain) that keeps both sides >= ``min_size``: a 1024x768
-    photo for a 224 model decodes as 512x384, about 3x faster to decode and to resize. Pass the
+    photo for a 224 model decodes as 512x384, much faster to decode and to resize. Pass the
     model's resize target (:attr:`PreprocessConfig.resize_size`); the resize then still
-    downsamples, so predictions agree with a full decode (measured in docs/performance.md).
+    downsamples, so predictions agree with a full decode (speed and agreement: see
+    docs/performance.md).
 
     Raises :class:`ImageDecodeError` with a human-readable reason for anything that is not a
     decodable image of acceptable size; it never returns a lazily-loaded image, so decoding

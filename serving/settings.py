@@ -18,14 +18,14 @@ from models.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 ENV_PREFIX = "CLASSIFIER_"
 SERVICE_NAME = "image_classifier"
 # Default largest batches. CPU: per-image throughput peaks around batch 8-16 and falls beyond
-# (caches); served at C=32, 16 beat 8 by ~7% in 2 A/B rounds, within run-to-run drift
-# (docs/performance.md). CUDA: large batches keep the GPU busy (not measured here).
+# (caches), 16 narrowly ahead of 8. CUDA: large batches keep the GPU busy. Figures:
+# docs/performance.md, "Batch size".
 CPU_MAX_BATCH_SIZE = 16
 CUDA_MAX_BATCH_SIZE = 32
 MIN_API_KEY_LENGTH = 16
-# Two images at the per-image limit. A large PNG decodes at ~40 ns a pixel on the build machine
-# (a 48-megapixel one took 1.9 s), so a request stays within a few seconds of CPU; without a
-# request budget, 64 such images fit in one 10 MB request.
+# Two images at the per-image limit: large PNGs decode slowly, so this keeps a request within a
+# few seconds of CPU, where 64 such images would fit in one small request without a request
+# budget. Figures: docs/performance.md, "Decode cost of a large PNG".
 DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS
 
 

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-# Per-batch model time on a 2-core CPU ranges from ~10 ms (batch of 1, small model) to seconds;
-# on a GPU it is a few ms. Per-image decode is sub-millisecond to ~50 ms for large JPEGs.
+# The buckets span per-batch model time from a GPU's to a small CPU's, and per-image decode
+# from a small image's to a large JPEG's. Figures: docs/performance.md, "Metric buckets".
 BATCH_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DECODE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 

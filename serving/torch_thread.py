@@ -15,9 +15,9 @@ class TorchThread:
 
     torch's CPU thread pool is OpenMP, and each Python thread that runs torch ops gets its own
     OpenMP team. Once two teams exist they slow each other down: loading a model on one thread
-    and running it on another made batch-1 forwards ~2x slower on a 2-core CPU (efficientnet_b0:
-    34 ms vs 15 ms; docs/performance.md). BentoML builds the service on the worker's main thread
-    and runs sync APIs in a thread pool, so the service routes all its torch work through here.
+    and running it on another made batch-1 forwards much slower (figures: docs/performance.md).
+    BentoML builds the service on the worker's main thread and runs sync APIs in a thread pool,
+    so the service routes all its torch work through here.
     """
 
     def __init__(self) -> None:

@@ -1,20 +1,53 @@
 """Write dashboards/image-classifier.json, the provisioned Grafana dashboard.
 
 The panels are defined here, readably, and the JSON is generated: `python
-monitoring/grafana/build_dashboard.py`. A test checks the committed JSON is up to date, that
-every query parses (promtool) and that every metric it names is exported by the running service
-(or, for GPU panels, by NVIDIA's DCGM exporter).
+monitoring/grafana/build_dashboard.py`. Metric names are not typed here: the service's own come
+from serving/telemetry.py, the namespace from configuration.yaml (metrics.namespace, as the
+service reads it), and BentoML's built-in request metrics are named once below. Tests check the
+committed JSON is up to date, that every query parses (promtool) and that every metric it names
+is exported by the running service (or, for GPU panels, by NVIDIA's DCGM exporter).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: make the project's packages importable
+    sys.path.insert(0, str(ROOT))
+
+from serving import telemetry  # noqa: E402
+from serving.settings import SERVICE_NAME, load_service_config  # noqa: E402
 
 OUT = Path(__file__).with_name("dashboards") / "image-classifier.json"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 RATE = "$__rate_interval"
 CLASSIFY = 'endpoint="/classify"'
+
+# The namespace BentoML and the service put in front of every metric name (serving/app.py).
+NAMESPACE = (
+    load_service_config(ROOT / "configuration.yaml").get("metrics", {}).get("namespace")
+    or SERVICE_NAME
+)
+# BentoML's built-in per-request metrics, under the namespace; the adaptive batcher's histogram
+# has a fixed name.
+BENTOML_REQUEST_METRICS = ("request_total", "request_duration_seconds", "request_in_progress")
+ADAPTIVE_BATCH_SIZE = "bentoml_service_adaptive_batch_size"
+
+
+def metric(name: str) -> str:
+    """A metric's full name: ``name`` (a serving.telemetry constant or BentoML's) namespaced."""
+    return f"{NAMESPACE}_{name}"
+
+
+REQUEST_TOTAL, REQUEST_DURATION, REQUEST_IN_PROGRESS = map(metric, BENTOML_REQUEST_METRICS)
+FORWARD_SECONDS = metric(telemetry.FORWARD_SECONDS)
+PREPROCESS_SECONDS = metric(telemetry.PREPROCESS_SECONDS)
+DECODE_SECONDS = metric(telemetry.DECODE_SECONDS)
+PREDICTIONS_TOTAL = metric(telemetry.PREDICTIONS) + "_total"  # a counter
+MODEL_INFO = metric(telemetry.MODEL_INFO)
 
 
 def quantile(q: float, metric: str, selector: str = "") -> str:
@@ -22,9 +55,9 @@ def quantile(q: float, metric: str, selector: str = "") -> str:
 
 
 def error_ratio(status_class: str) -> str:
-    total = f"sum by (endpoint) (rate(image_classifier_request_total[{RATE}]))"
+    total = f"sum by (endpoint) (rate({REQUEST_TOTAL}[{RATE}]))"
     errors = (
-        f"sum by (endpoint) (rate(image_classifier_request_total"
+        f"sum by (endpoint) (rate({REQUEST_TOTAL}"
         f'{{http_response_code=~"{status_class}.."}}[{RATE}]))'
     )
     # `or total * 0`: a flat 0 instead of "No data" while there are no such errors.
@@ -59,8 +92,7 @@ def service_panels():
             "Requests by endpoint and status",
             [
                 (
-                    f"sum by (endpoint, http_response_code) "
-                    f"(rate(image_classifier_request_total[{RATE}]))",
+                    f"sum by (endpoint, http_response_code) (rate({REQUEST_TOTAL}[{RATE}]))",
                     "{{endpoint}} {{http_response_code}}",
                 )
             ],
@@ -75,21 +107,21 @@ def service_panels():
         panel(
             "/classify latency quantiles",
             [
-                (quantile(q, "image_classifier_request_duration_seconds", CLASSIFY), f"p{p}")
+                (quantile(q, REQUEST_DURATION, CLASSIFY), f"p{p}")
                 for q, p in ((0.5, 50), (0.9, 90), (0.99, 99))
             ],
             unit="s",
         ),
         panel(
             "In-flight requests",
-            [("sum by (endpoint) (image_classifier_request_in_progress)", "{{endpoint}}")],
+            [(f"sum by (endpoint) ({REQUEST_IN_PROGRESS})", "{{endpoint}}")],
         ),
         row("Batching and model"),
         panel(
             "Adaptive batch size distribution",
             [
                 (
-                    f"sum by (le) (increase(bentoml_service_adaptive_batch_size_bucket[{RATE}]))",
+                    f"sum by (le) (increase({ADAPTIVE_BATCH_SIZE}_bucket[{RATE}]))",
                     "{{le}}",
                     {"format": "heatmap"},
                 )
@@ -101,27 +133,24 @@ def service_panels():
             "Mean batch size",
             [
                 (
-                    f"sum(rate(bentoml_service_adaptive_batch_size_sum[{RATE}])) / "
-                    f"sum(rate(bentoml_service_adaptive_batch_size_count[{RATE}]))",
+                    f"sum(rate({ADAPTIVE_BATCH_SIZE}_sum[{RATE}])) / "
+                    f"sum(rate({ADAPTIVE_BATCH_SIZE}_count[{RATE}]))",
                     "images per batch",
                 )
             ],
         ),
         panel(
             "Model forward time per batch",
-            [
-                (quantile(q, "image_classifier_model_forward_seconds"), f"p{p}")
-                for q, p in ((0.5, 50), (0.99, 99))
-            ],
+            [(quantile(q, FORWARD_SECONDS), f"p{p}") for q, p in ((0.5, 50), (0.99, 99))],
             unit="s",
         ),
         panel(
             "Preprocessing time",
             [
-                (quantile(0.5, "image_classifier_preprocess_seconds"), "batch transform p50"),
-                (quantile(0.99, "image_classifier_preprocess_seconds"), "batch transform p99"),
-                (quantile(0.5, "image_classifier_image_decode_seconds"), "decode per image p50"),
-                (quantile(0.99, "image_classifier_image_decode_seconds"), "decode per image p99"),
+                (quantile(0.5, PREPROCESS_SECONDS), "batch transform p50"),
+                (quantile(0.99, PREPROCESS_SECONDS), "batch transform p99"),
+                (quantile(0.5, DECODE_SECONDS), "decode per image p50"),
+                (quantile(0.99, DECODE_SECONDS), "decode per image p99"),
             ],
             unit="s",
         ),
@@ -129,7 +158,7 @@ def service_panels():
             "Predictions per label",
             [
                 (
-                    f"sum by (label) (rate(image_classifier_predictions_total[{RATE}]))",
+                    f"sum by (label) (rate({PREDICTIONS_TOTAL}[{RATE}]))",
                     "{{label}}",
                 )
             ],
@@ -141,7 +170,7 @@ def service_panels():
             [
                 (
                     "max by (model_tag, mlflow_model, mlflow_version, mlflow_run_id, "
-                    "architecture, task, device) (image_classifier_model_info)",
+                    f"architecture, task, device) ({MODEL_INFO})",
                     "",
                     {"format": "table", "instant": True},
                 )

@@ -1,78 +1,83 @@
-"""Prometheus config, alert rules (with promtool unit tests), the Grafana dashboard and the
-compose file, checked with the real tools: promtool and Compose v2."""
+"""Prometheus config, alert rules, the Grafana dashboard and the stack's repo files, checked
+in-process: no promtool, no Compose, no subprocess (those checks are in
+tests/integration/test_monitoring_tools.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import runpy
-import subprocess
 import sys
 
+import pytest
 import yaml
+
+from serving import telemetry
+from serving.settings import SERVICE_NAME, load_service_config
 
 from ..conftest import PROJECT_ROOT
 from ..support import promql
-from ..support.tools import compose_binary, promtool
 
 PROMETHEUS_DIR = PROJECT_ROOT / "monitoring" / "prometheus"
+PROMTOOL_TESTS = PROMETHEUS_DIR / "tests" / "image-classifier.test.yml"
+BUILD_DASHBOARD = PROJECT_ROOT / "monitoring" / "grafana" / "build_dashboard.py"
+REQUIRED_ALERTS = {
+    "ClassifierDown",
+    "ClassifierHighErrorRate",
+    "ClassifierHighLatencyP99",
+    "ClassifierOverloaded",
+    "ClassifierNoTraffic",
+}
+# What Prometheus appends to a metric's name in its samples (histograms, counters).
+SAMPLE_SUFFIXES = ("", "_bucket", "_sum", "_count", "_total", "_created")
 
 
-def run(*cmd: str, cwd=PROJECT_ROOT, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def dashboard_module() -> dict:
+    return runpy.run_path(str(BUILD_DASHBOARD))
 
 
-def test_prometheus_config_is_valid_and_loads_the_rules(tmp_path):
-    # The config names the rules by their path in the container; check a copy whose glob points
-    # at the repo's rules, so promtool validates the config and the rule files it loads.
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
-    config["rule_files"] = [str(PROMETHEUS_DIR / "rules" / "*.yml")]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    result = run(promtool(), "check", "config", str(tmp_path / "prometheus.yml"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout + result.stderr
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"image-classifier", "prometheus", "gpu"} <= jobs
+def namespace() -> str:
+    """The metrics namespace, read as the service reads it (serving/app.py)."""
+    config = load_service_config(PROJECT_ROOT / "configuration.yaml")
+    return config.get("metrics", {}).get("namespace") or SERVICE_NAME
 
 
-def test_alert_rules_are_valid_and_cover_the_required_alerts():
-    result = run(promtool(), "check", "rules", str(promql.ALERT_RULES))
-    assert result.returncode == 0, result.stdout + result.stderr
-    alerts = {name for name, _ in promql.alert_queries()}
-    assert alerts == {
-        "ClassifierDown",
-        "ClassifierHighErrorRate",
-        "ClassifierHighLatencyP99",
-        "ClassifierOverloaded",
-        "ClassifierNoTraffic",
+def service_metric_names(bentoml_request_metrics) -> set[str]:
+    """Every sample name the service can export under its namespace: serving/telemetry.py's
+    metric names and BentoML's built-in request metrics."""
+    defined = {
+        value
+        for name, value in vars(telemetry).items()
+        if name.isupper() and isinstance(value, str)
+    }
+    assert {telemetry.FORWARD_SECONDS, telemetry.PREDICTIONS, telemetry.MODEL_INFO} <= defined
+    bases = defined | set(bentoml_request_metrics)
+    return {f"{namespace()}_{base}{suffix}" for base in bases for suffix in SAMPLE_SUFFIXES}
+
+
+def unknown_service_metrics(names: set[str], known: set[str]) -> set[str]:
+    """The names under the service's namespace that neither it nor BentoML defines."""
+    return {name for name in names if name.startswith(f"{namespace()}_") and name not in known}
+
+
+def promtool_test_series_names() -> set[str]:
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    return {
+        name
+        for test in tests
+        for series in test.get("input_series", [])
+        for name in promql.metric_names(series["series"])
     }
 
 
-def test_every_alert_fires_in_promtool_unit_tests():
-    tests_file = PROMETHEUS_DIR / "tests" / "image-classifier.test.yml"
-    result = run(promtool(), "test", "rules", tests_file.name, cwd=tests_file.parent)
-    assert result.returncode == 0, result.stdout + result.stderr
-    # Each alert is expected to fire (a non-empty exp_alerts) somewhere in the tests.
-    fired = {
-        case["alertname"]
-        for test in yaml.safe_load(tests_file.read_text())["tests"]
-        for case in test.get("alert_rule_test", [])
-        if case.get("exp_alerts")
-    }
-    assert fired == {name for name, _ in promql.alert_queries()}
-
-
-def test_dashboard_json_is_generated_from_build_dashboard():
-    script = PROJECT_ROOT / "monitoring" / "grafana" / "build_dashboard.py"
-    render = runpy.run_path(str(script))["render"]
-    assert promql.DASHBOARD.read_text() == render(), (
-        f"regenerate it: {sys.executable} {script.relative_to(PROJECT_ROOT)}"
+def test_dashboard_json_is_generated_from_build_dashboard(dashboard_module):
+    assert promql.DASHBOARD.read_text() == dashboard_module["render"](), (
+        f"regenerate it: {sys.executable} {BUILD_DASHBOARD.relative_to(PROJECT_ROOT)}"
     )
 
 
-def test_dashboard_has_the_required_panels_and_every_query_parses(tmp_path):
+def test_dashboard_has_the_required_panels():
     dashboard = json.loads(promql.DASHBOARD.read_text())
     titles = " | ".join(panel["title"] for panel in dashboard["panels"]).lower()
     for needed in (
@@ -93,24 +98,51 @@ def test_dashboard_has_the_required_panels_and_every_query_parses(tmp_path):
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
     )
-    # promtool parses every expression of a rules file: one recording rule per panel query.
-    queries = promql.grafana_queries()
-    assert len(queries) >= 15
-    rules = {
-        "groups": [
-            {
-                "name": "dashboard",
-                "rules": [
-                    {"record": f"dashboard:query_{i}", "expr": expr}
-                    for i, (_, expr) in enumerate(queries)
-                ],
-            }
-        ]
+    assert len(promql.grafana_queries()) >= 15
+
+
+def test_alert_rules_cover_the_required_alerts():
+    assert {name for name, _ in promql.alert_queries()} == REQUIRED_ALERTS
+
+
+def test_every_alert_is_expected_to_fire_in_the_promtool_tests():
+    # Each alert is expected to fire (a non-empty exp_alerts) somewhere in the tests.
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
     }
-    rules_file = tmp_path / "dashboard-queries.yml"
-    rules_file.write_text(yaml.safe_dump(rules))
-    result = run(promtool(), "check", "rules", str(rules_file))
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert fired == {name for name, _ in promql.alert_queries()}
+
+
+def test_alert_rules_use_only_metrics_the_service_defines(dashboard_module):
+    """serving/telemetry.py names the service's metrics, BentoML its request metrics; the rules
+    (YAML, which cannot import them) and their promtool tests are checked against both."""
+    known = service_metric_names(dashboard_module["BENTOML_REQUEST_METRICS"])
+    in_rules = {name for _, expr in promql.alert_queries() for name in promql.metric_names(expr)}
+    assert {name for name in in_rules if name.startswith(f"{namespace()}_")}, "none checked"
+    assert not unknown_service_metrics(in_rules, known)
+    assert not unknown_service_metrics(promtool_test_series_names(), known)
+
+
+def test_dashboard_uses_only_metrics_the_service_defines(dashboard_module):
+    known = service_metric_names(dashboard_module["BENTOML_REQUEST_METRICS"])
+    in_dashboard = {
+        name for _, expr in promql.grafana_queries() for name in promql.metric_names(expr)
+    }
+    assert not unknown_service_metrics(in_dashboard, known)
+    # Each of the service's own metrics has a panel.
+    for name in (telemetry.FORWARD_SECONDS, telemetry.PREPROCESS_SECONDS, telemetry.MODEL_INFO):
+        assert any(used.startswith(f"{namespace()}_{name}") for used in in_dashboard), name
+
+
+def test_unknown_metric_names_are_caught(dashboard_module):
+    known = service_metric_names(dashboard_module["BENTOML_REQUEST_METRICS"])
+    typo = f"{namespace()}_request_totl"
+    renamed = f"{namespace()}_model_forward_secs_bucket"
+    names = {typo, renamed, f"{namespace()}_{telemetry.PREDICTIONS}_total", "up"}
+    assert unknown_service_metrics(names, known) == {typo, renamed}
 
 
 def test_metric_name_extraction():
@@ -125,115 +157,11 @@ def test_metric_name_extraction():
     }
 
 
-def compose_config(profiles: str, **env: str) -> subprocess.CompletedProcess:
-    # Only the variables given here: not the shell's, not a developer's .env.
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME")}
-    return run(
-        compose_binary(),
-        "--project-directory",
-        str(PROJECT_ROOT),
-        "--env-file",
-        os.devnull,
-        "config",
-        "--format",
-        "json",
-        env={**base, "COMPOSE_PROFILES": profiles, **env},
-    )
-
-
-PASSWORDS = {
-    "POSTGRES_PASSWORD": "pg-secret",
-    "MLFLOW_ADMIN_PASSWORD": "mlflow-secret",
-    "GRAFANA_ADMIN_PASSWORD": "gf-secret",
-}
-
-
-def test_compose_file_is_valid_for_both_profiles():
-    result = compose_config("gpu,cpu", **PASSWORDS)
-    assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
-    assert {"classifier", "classifier-cpu", "gpu-exporter", "proxy", "postgres", "mlflow",
-            "prometheus", "grafana"} <= services.keys()  # fmt: skip
-    gpu = services["classifier"]["deploy"]["resources"]["reservations"]["devices"]
-    assert gpu[0]["driver"] == "nvidia" and gpu[0]["capabilities"] == ["gpu"]
-    assert "reservations" not in services["classifier-cpu"]["deploy"]["resources"]
-    assert services["classifier-cpu"]["environment"]["CLASSIFIER_DEVICE"] == "cpu"
-    # Unless the user picks one, the image's own (packaged) model is served.
-    # Not even an empty entry: Docker would then drop the image's own (packaged) model tag.
-    assert "CLASSIFIER_MODEL_TAG" not in services["classifier-cpu"]["environment"]
-    for name in ("classifier", "classifier-cpu"):
-        service = services[name]
-        assert service["image"] == services["classifier-cpu"]["image"]
-        assert "/readyz" in " ".join(service["healthcheck"]["test"])
-        assert service["restart"] == "unless-stopped"
-        assert service["deploy"]["resources"]["limits"]["memory"]
-    # Nothing is published beyond loopback unless BIND_ADDRESS says so; postgres not at all.
-    for name, service in services.items():
-        for port in service.get("ports", []):
-            assert port["host_ip"] == "127.0.0.1", (name, port)
-    assert not services["postgres"].get("ports")
-
-
-def test_compose_refuses_to_start_without_passwords():
-    assert compose_config("cpu").returncode != 0
-    for missing in PASSWORDS:
-        others = {name: value for name, value in PASSWORDS.items() if name != missing}
-        result = compose_config("cpu", **others)
-        assert result.returncode != 0, missing
-        assert missing in result.stderr
-
-
-def test_compose_publishes_beyond_loopback_only_when_asked_and_the_classifier_never():
-    result = compose_config("gpu,cpu", BIND_ADDRESS="0.0.0.0", **PASSWORDS)
-    assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
-    for name in ("grafana", "proxy", "mlflow"):
-        assert services[name]["ports"][0]["host_ip"] == "0.0.0.0", name
-    # Beyond this host the classifier is reached only through the buffering proxy.
-    for name in ("classifier", "classifier-cpu"):
-        assert [port["host_ip"] for port in services[name]["ports"]] == ["127.0.0.1"], name
-    proxy = services["proxy"]
-    mounts = {v["target"]: v["source"] for v in proxy["volumes"]}
-    assert mounts["/etc/nginx/nginx.conf"].endswith("deploy/proxy/nginx.conf")
-    assert proxy["ports"][0]["target"] == 8080
-
-
-def test_no_password_is_in_any_container_configuration():
-    """Passwords travel as compose secrets (files under /run/secrets), so `docker inspect`
-    cannot show them: no service's environment, command or labels holds one."""
-    result = compose_config("gpu,cpu", **PASSWORDS)
-    assert result.returncode == 0, result.stderr
-    project = json.loads(result.stdout)
-    for name, service in project["services"].items():
-        exposed = json.dumps(
-            {key: service.get(key) for key in ("environment", "command", "labels", "entrypoint")}
-        )
-        for password in PASSWORDS.values():
-            assert password not in exposed, (name, password)
-    assert {name: secret["environment"] for name, secret in project["secrets"].items()} == {
-        "postgres_password": "POSTGRES_PASSWORD",
-        "mlflow_admin_password": "MLFLOW_ADMIN_PASSWORD",
-        "grafana_admin_password": "GRAFANA_ADMIN_PASSWORD",
-    }
-    services = project["services"]
-    uses = {name: {s["source"] for s in svc.get("secrets", [])} for name, svc in services.items()}
-    assert uses["postgres"] == {"postgres_password"}
-    assert uses["mlflow"] == {"postgres_password", "mlflow_admin_password"}
-    assert uses["grafana"] == {"grafana_admin_password"}
-    postgres_env = services["postgres"]["environment"]
-    assert postgres_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
-    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
-        "/run/secrets/grafana_admin_password"
-    )
-
-
-def test_grafana_is_pinned_to_the_patch_release_the_readme_names():
-    result = compose_config("cpu", **PASSWORDS)
-    image = json.loads(result.stdout)["services"]["grafana"]["image"]
-    version = re.fullmatch(r"grafana/grafana:(\d+\.\d+\.\d+)", image)
-    assert version, f"{image}: pin a specific patch release"
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    assert re.search(rf"Grafana {re.escape(version.group(1))}\b.*latest patched release", readme)
+def test_prometheus_config_scrapes_the_stack_and_loads_the_rules_folder():
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"image-classifier", "prometheus", "gpu"} <= jobs
 
 
 def test_no_default_passwords_in_repo_files():
@@ -245,28 +173,14 @@ def test_no_default_passwords_in_repo_files():
     assert references and all(rest.startswith(":?") for _, rest in references), references
 
 
-def test_grafana_provisioning_matches_the_dashboard_and_the_compose_mounts():
+def test_grafana_provisioning_matches_the_dashboard():
     grafana = PROJECT_ROOT / "monitoring" / "grafana"
     datasources = yaml.safe_load(
         (grafana / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )["datasources"]
-    providers = yaml.safe_load(
-        (grafana / "provisioning" / "dashboards" / "image-classifier.yml").read_text()
-    )["providers"]
     dashboard = json.loads(promql.DASHBOARD.read_text())
     # Every panel uses the provisioned datasource, by uid.
     uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
     assert uids == {datasources[0]["uid"]}
     # It reaches Prometheus by its compose service name and port.
     assert datasources[0]["url"] == "http://prometheus:9090"
-    compose = compose_config("gpu,cpu", **PASSWORDS)
-    services = json.loads(compose.stdout)["services"]
-    assert "prometheus" in services
-    mounts = {v["target"]: v["source"] for v in services["grafana"]["volumes"] if "source" in v}
-    # The provider's path and the dashboards folder are the ones compose mounts.
-    assert mounts[providers[0]["options"]["path"]].endswith("monitoring/grafana/dashboards")
-    assert mounts["/etc/grafana/provisioning"].endswith("monitoring/grafana/provisioning")
-    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert home == f"{providers[0]['options']['path']}/{promql.DASHBOARD.name}"
-    prometheus_mounts = {v["target"]: v["source"] for v in services["prometheus"]["volumes"]}
-    assert prometheus_mounts["/etc/prometheus"].endswith("monitoring/prometheus")

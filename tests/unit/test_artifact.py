@@ -14,10 +14,13 @@ from models import (
 )
 from models.artifact import ArtifactError, read_spec
 
+# timm's tiny ResNet (373k parameters, built offline): its head is `fc`, like resnet18's.
+ARCH = "test_resnet"
+
 
 def _spec(**overrides) -> ModelSpec:
     values = dict(
-        architecture="resnet18",
+        architecture=ARCH,
         task=Task.MULTI_LABEL,
         labels=("a", "b", "c"),
         preprocessing=PreprocessConfig(input_size=(3, 32, 32)),
@@ -29,7 +32,7 @@ def _spec(**overrides) -> ModelSpec:
 
 def test_round_trip_preserves_weights_and_every_fact(tmp_path):
     torch.manual_seed(0)
-    model = create_classifier("resnet18", 3).eval()
+    model = create_classifier(ARCH, 3).eval()
     spec = _spec()
     save_artifact(tmp_path, model, spec)
 
@@ -52,7 +55,7 @@ def test_missing_files_give_clear_errors(tmp_path):
 
 
 def test_weights_that_do_not_fit_the_spec_are_rejected(tmp_path):
-    save_artifact(tmp_path, create_classifier("resnet18", 5), _spec())
+    save_artifact(tmp_path, create_classifier(ARCH, 5), _spec())
     with pytest.raises(ArtifactError, match="cannot load weights"):
         load_artifact(tmp_path)
 
@@ -85,17 +88,17 @@ def test_unknown_architecture_suggests_names():
 
 def test_local_pretrained_weights_are_loaded_and_head_replaced(tmp_path):
     torch.manual_seed(1)
-    backbone = create_classifier("resnet18", 1000)
+    backbone = create_classifier(ARCH, 1000)
     weights = tmp_path / "backbone.pth"
     torch.save(backbone.state_dict(), weights)
-    model = create_classifier("resnet18", 4, pretrained=str(weights))
-    assert torch.equal(model.conv1.weight, backbone.conv1.weight)
+    model = create_classifier(ARCH, 4, pretrained=str(weights))
+    assert torch.equal(model.conv1[0].weight, backbone.conv1[0].weight)
     assert model.fc.out_features == 4
 
 
 def test_missing_local_weights_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrained weights file not found"):
-        create_classifier("resnet18", 2, pretrained=str(tmp_path / "nope.pth"))
+        create_classifier(ARCH, 2, pretrained=str(tmp_path / "nope.pth"))
 
 
 def _mlflow_model_dir(root, artifact_path: str):
@@ -113,7 +116,7 @@ def test_mlmodel_artifact_path_outside_the_model_directory_is_refused(tmp_path, 
     from models.artifact import classifier_artifact_dir
 
     outside = tmp_path / "somewhere"
-    save_artifact(outside, create_classifier("resnet18", 3), _spec())
+    save_artifact(outside, create_classifier(ARCH, 3), _spec())
     model_dir = tmp_path / "store" / "model"
     _mlflow_model_dir(model_dir, str(outside) if where == "absolute" else where)
     with pytest.raises(ArtifactError, match="outside the model directory"):
@@ -135,7 +138,7 @@ def test_symlinked_spec_or_weights_leading_out_are_refused(tmp_path):
     from models.artifact import SPEC_FILE, WEIGHTS_FILE, classifier_artifact_dir
 
     outside = tmp_path / "somewhere"
-    save_artifact(outside, create_classifier("resnet18", 3), _spec())
+    save_artifact(outside, create_classifier(ARCH, 3), _spec())
     for name in (SPEC_FILE, WEIGHTS_FILE):
         model_dir = _mlflow_model_dir(tmp_path / f"model-{name}", "artifacts/classifier")
         (model_dir / "artifacts" / "classifier").mkdir(parents=True)
@@ -152,6 +155,6 @@ def test_mlmodel_artifact_path_inside_the_model_directory_is_accepted(tmp_path):
 
 
 def test_wrong_tensor_shapes_are_named(tmp_path):
-    save_artifact(tmp_path, create_classifier("resnet18", 5), _spec())
-    with pytest.raises(ArtifactError, match=r"fc\.weight has shape \(5, 512\).*expects \(3, 512\)"):
+    save_artifact(tmp_path, create_classifier(ARCH, 5), _spec())
+    with pytest.raises(ArtifactError, match=r"fc\.weight has shape \(5, 96\).*expects \(3, 96\)"):
         load_artifact(tmp_path)

@@ -5,7 +5,6 @@ them outside BentoML's own middlewares."""
 from __future__ import annotations
 
 import logging
-import subprocess
 from typing import Annotated
 
 import bentoml
@@ -24,8 +23,6 @@ from serving.http_front import (
     OverloadAnswers,
     quiet_client_errors,
 )
-
-from ..conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -180,19 +177,6 @@ def test_front_middlewares_wrap_everything_bentoml_builds(anyio_backend):
     assert isinstance(app, OverloadAnswers)
     assert isinstance(app.app, FoldUnknownPaths)
     assert isinstance(app.app.app, Starlette)  # BentoML's app, with its limiter and metrics
-
-
-@pytest.mark.parametrize(
-    ("variables", "bind"),
-    [([], "--host 127.0.0.1 --port 3000"), (["HOST=0.0.0.0"], "--host 0.0.0.0 --port 3000")],
-)
-def test_make_serve_binds_loopback_unless_told(variables, bind, anyio_backend):
-    dry_run = subprocess.run(
-        ["make", "-n", "serve", *variables],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    serve = [line for line in dry_run.stdout.splitlines() if "bentoml serve" in line]
-    assert serve and serve[-1].endswith(f"bentoml serve {bind}"), dry_run.stdout
 
 
 async def test_a_static_mount_counts_only_its_files_as_served(tmp_path):

@@ -61,11 +61,11 @@ def test_pixel_limit():
 def test_config_resolved_from_timm_with_size_override():
     from models import create_classifier
 
-    model = create_classifier("resnet18", 3)
+    model = create_classifier("test_resnet", 3)  # its timm config: bilinear, mean 0.5
     config = PreprocessConfig.for_model(model, image_size=64)
     assert config.input_size == (3, 64, 64)
-    assert config.interpolation == "bicubic"
-    assert config.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert config.interpolation == "bilinear"
+    assert config.mean == pytest.approx((0.5, 0.5, 0.5))
 
 
 def test_training_evaluation_and_serving_produce_identical_tensors(tmp_path):

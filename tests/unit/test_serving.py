@@ -24,13 +24,13 @@ from ..conftest import PROJECT_ROOT
 
 
 def _fixed_output_artifact(tmp_path, task: Task, **spec_overrides):
-    """A resnet18 whose logits are always [0, 1, 2], whatever the image."""
-    model = create_classifier("resnet18", 3)
+    """A tiny ResNet (timm's test_resnet) whose logits are always [0, 1, 2], whatever the image."""
+    model = create_classifier("test_resnet", 3)
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
     spec = ModelSpec(
-        architecture="resnet18",
+        architecture="test_resnet",
         task=task,
         labels=("a", "b", "c"),
         preprocessing=PreprocessConfig(input_size=(3, 32, 32)),

@@ -47,7 +47,9 @@ def _fsync_tree(directory: Path) -> None:
     _fsync(directory)
 
 
-def save_checkpoint(path: Path, state: TrainingState, model, optimizer, scheduler, scaler) -> None:
+def save_checkpoint(
+    path: Path, *, state: TrainingState, model, optimizer, scheduler, scaler
+) -> None:
     """Write to a temporary file, flush it to disk and rename, so that neither a crash nor a
     power cut leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ def save_checkpoint(path: Path, state: TrainingState, model, optimizer, schedule
     _fsync(path.parent)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> TrainingState:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, scaler) -> TrainingState:
     # weights_only: a checkpoint is data, never code.
     payload = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(payload["model"])

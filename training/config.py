@@ -16,11 +16,12 @@ from models.labels import Task
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 
 
-class _Section(BaseModel):
+class _StrictConfig(BaseModel):
+    # extra="forbid": a misspelt YAML key or flag fails the run instead of being ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataConfig(_StrictConfig):
     format: Literal["folder", "csv"] = Field(
         "folder", description="folder: root/<label>/*.jpg (single-label); csv: a manifest"
     )
@@ -69,7 +70,7 @@ class DataConfig(_Section):
         return self
 
 
-class ModelSection(_Section):
+class ModelConfig(_StrictConfig):
     architecture: str = Field("resnet18", description="any timm architecture name")
     pretrained: str | None = Field(
         None,
@@ -84,7 +85,7 @@ class ModelSection(_Section):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
 
 
-class OptimConfig(_Section):
+class OptimConfig(_StrictConfig):
     epochs: int = Field(10, ge=1, description="maximum number of epochs")
     batch_size: int = Field(32, ge=1, description="training batch size")
     lr: float = Field(1e-3, gt=0.0, description="peak AdamW learning rate")
@@ -100,13 +101,13 @@ class OptimConfig(_Section):
     min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest improvement")
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(_StrictConfig):
     scale_min: float = Field(0.5, gt=0.0, le=1.0, description="random-resized-crop minimum area")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     color_jitter: float = Field(0.2, ge=0.0, description="colour jitter strength")
 
 
-class MlflowSection(_Section):
+class MlflowConfig(_StrictConfig):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking and registry URI")
     experiment: str = Field("image-classifier", description="MLflow experiment name")
     artifact_location: str | None = Field(
@@ -121,12 +122,12 @@ class MlflowSection(_Section):
     alias: str = Field("champion", description="alias given to the newly registered version")
 
 
-class TrainConfig(_Section):
+class TrainConfig(_StrictConfig):
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    mlflow: MlflowSection = Field(default_factory=MlflowSection)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     seed: int = Field(42, description="seed for splits, initialisation and data order")
     deterministic: bool = Field(True, description="deterministic algorithms (slower on GPU)")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="training device")

@@ -73,6 +73,7 @@ def create_loss(task: Task, label_smoothing: float) -> torch.nn.Module:
 
 
 def train_one_epoch(
+    *,
     model,
     loader: DataLoader,
     loss_fn,
@@ -82,6 +83,7 @@ def train_one_epoch(
     precision: Precision,
     epoch: int,
 ) -> float:
+    """One pass over ``loader``, stepping the schedule every batch; the mean training loss."""
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
@@ -107,7 +109,7 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model, loader: DataLoader, loss_fn, precision: Precision, desc: str = "validate"
+    *, model, loader: DataLoader, loss_fn, precision: Precision, desc: str = "validate"
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Logits and targets (on CPU) for the whole loader, and the mean loss."""
     model.eval()

@@ -34,6 +34,7 @@ def multi_label_metrics(
     scores: torch.Tensor,
     targets: torch.Tensor,
     labels: LabelSet,
+    *,
     threshold: float = 0.5,
     class_thresholds: dict[str, float] | None = None,
 ) -> dict:
@@ -58,12 +59,13 @@ def compute_metrics(
     targets: torch.Tensor,
     labels: LabelSet,
     task: Task,
+    *,
     threshold: float = 0.5,
 ) -> dict:
     scores = scores_from_logits(logits, task)
     if task is Task.SINGLE_LABEL:
         return single_label_metrics(scores, targets, labels)
-    return multi_label_metrics(scores, targets, labels, threshold)
+    return multi_label_metrics(scores, targets, labels, threshold=threshold)
 
 
 def metric_safe(name: str) -> str:

@@ -53,7 +53,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Pat
 
 
 def plot_pr_curves(
-    y_true: np.ndarray, y_score: np.ndarray, labels: tuple[str, ...], path: Path
+    *, y_true: np.ndarray, y_score: np.ndarray, labels: tuple[str, ...], path: Path
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5))
     for i, name in enumerate(labels):

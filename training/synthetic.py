@@ -43,6 +43,7 @@ def _random_colour(rng: random.Random) -> tuple[int, int, int]:
 def _draw_shape(
     draw: ImageDraw.ImageDraw,
     shape: str,
+    *,
     cx: float,
     cy: float,
     r: float,
@@ -82,7 +83,7 @@ def render(shapes: list[str], size: int, rng: random.Random) -> Image.Image:
     draw = ImageDraw.Draw(image)
     cells = _cells(len(shapes), size, rng)
     for shape, (cx, cy, r) in zip(shapes, cells, strict=False):
-        _draw_shape(draw, shape, cx, cy, r, _random_colour(rng))
+        _draw_shape(draw, shape, cx=cx, cy=cy, r=r, colour=_random_colour(rng))
     return image
 
 

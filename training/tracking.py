@@ -65,7 +65,7 @@ def log_labels(labels: tuple[str, ...]) -> None:
 
 
 def log_and_register_model(
-    cfg: TrainConfig, artifact_dir: Path, example_image: bytes, version_tags: dict[str, str]
+    cfg: TrainConfig, *, artifact_dir: Path, example_image: bytes, version_tags: dict[str, str]
 ) -> str | None:
     """Log the best artifact as a pyfunc model; register it and set the alias.
 

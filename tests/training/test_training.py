@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from models import Predictor, load_image
 from models.artifact import classifier_artifact_dir
+from training import loop as loop_module
 from training import train as train_module
 from training.config import load_config
 from training.metrics import multi_label_metrics
@@ -52,7 +53,9 @@ def test_multi_label_map_on_held_out_data(multi_label_run, holdout_data):
     images = [load_image(manifest.parent / r["path"]) for r in rows]
     scores = predictor.scores(predictor.preprocess(images))
     targets = torch.stack([predictor.labels.encode_multi_hot(r["labels"].split(";")) for r in rows])
-    metrics = multi_label_metrics(scores, targets, predictor.labels, predictor.spec.threshold)
+    metrics = multi_label_metrics(
+        scores, targets, predictor.labels, threshold=predictor.spec.threshold
+    )
     assert metrics["map"] >= MULTI_LABEL_MIN_MAP, f"held-out mAP {metrics['map']:.3f}"
     assert metrics["micro_f1"] >= 0.8, f"held-out micro-F1 {metrics['micro_f1']:.3f}"
 
@@ -133,14 +136,14 @@ def _small_config(tmp_path, small_data, tracking_uri, **overrides):
 def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
     tmp_path, small_data, tracking_uri, monkeypatch
 ):
-    real_epoch = train_module.train_one_epoch
+    real_epoch = loop_module.train_one_epoch
 
-    def crash_in_epoch_two(*args, **kwargs):
-        if args[-1] == 2:
+    def crash_in_epoch_two(**kwargs):
+        if kwargs["epoch"] == 2:
             raise RuntimeError("simulated crash")
-        return real_epoch(*args, **kwargs)
+        return real_epoch(**kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", crash_in_epoch_two)
+    monkeypatch.setattr(loop_module, "train_one_epoch", crash_in_epoch_two)
     cfg = _small_config(tmp_path, small_data, tracking_uri, **{"data.num_workers": "2"})
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_module.train(cfg)
@@ -151,7 +154,7 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
     assert (run_dir / "last.pt").is_file()
     assert (run_dir / "best" / "model.safetensors").is_file()
 
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(loop_module, "train_one_epoch", real_epoch)
     result = train_module.train(cfg.model_copy(update={"resume": "auto"}))
     assert result.run_id == failed.info.run_id
     run = client.get_run(result.run_id)
@@ -171,10 +174,10 @@ def test_crash_marks_run_failed_and_resume_finishes_the_same_run(
 
 
 def test_interrupt_marks_run_killed(tmp_path, small_data, tracking_uri, monkeypatch):
-    def interrupt(*args, **kwargs):
+    def interrupt(**kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupt)
+    monkeypatch.setattr(loop_module, "train_one_epoch", interrupt)
     cfg = _small_config(tmp_path, small_data, tracking_uri, **{"mlflow.experiment": "tests-kill"})
     with pytest.raises(KeyboardInterrupt):
         train_module.train(cfg)

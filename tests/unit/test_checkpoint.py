@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from training.checkpoint import recover_best_artifact
+from training.checkpoint import TrainingState, recover_best_artifact
+from training.loop import EarlyStopping
 from training.rundir import (
     RunDirBusyError,
     claim_run_dir,
@@ -40,6 +41,19 @@ def test_a_completed_replacement_keeps_the_new_best(tmp_path):
 def test_nothing_to_recover(tmp_path):
     recover_best_artifact(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_early_stopping_counts_epochs_without_improvement_in_the_checkpointed_state():
+    stopping = EarlyStopping(patience=2, min_delta=0.05)
+    state = TrainingState()
+    assert stopping.update(state, epoch=1, score=0.5)
+    assert not stopping.update(state, epoch=2, score=0.54)  # not by more than min_delta
+    assert not stopping.should_stop(state)
+    assert stopping.update(state, epoch=3, score=0.6)
+    assert (state.best_epoch, state.best_score, state.bad_epochs) == (3, 0.6, 0)
+    assert not stopping.update(state, epoch=4, score=0.1)
+    assert not stopping.update(state, epoch=5, score=0.1)
+    assert stopping.should_stop(state)
 
 
 # Run directories: each training run keeps its files in output_dir/<MLflow run id>/, holds a lock

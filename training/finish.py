@@ -1,0 +1,114 @@
+"""The finish step: evaluate the best model, log its metrics and plots, log and register it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+
+from models.artifact import ModelSpec, load_artifact
+from models.labels import LabelSet, Task, scores_from_logits
+
+from . import checkpoint, plots, tracking
+from .build import TrainingSetup
+from .config import TrainConfig
+from .engine import evaluate
+from .metrics import MONITORED, compute_metrics, scalar_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    best_epoch: int
+    best_score: float
+    monitored: str
+    artifact_dir: Path
+    registered_name: str | None
+    registered_version: str | None
+    val_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _BestEvaluation:
+    spec: ModelSpec
+    metrics: dict  # compute_metrics() on the validation set
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def _evaluate_best(*, best_dir: Path, setup: TrainingSetup) -> _BestEvaluation:
+    """The saved best artifact (not the last epoch's weights) on the validation set."""
+    best_model, spec = load_artifact(best_dir)
+    best_model = best_model.to(setup.precision.device)
+    logits, targets, _ = evaluate(
+        model=best_model,
+        loader=setup.val_loader,
+        loss_fn=setup.loss_fn,
+        precision=setup.precision,
+        desc="best model",
+    )
+    metrics = compute_metrics(logits, targets, setup.labels, spec.task, threshold=spec.threshold)
+    return _BestEvaluation(spec, metrics, logits, targets)
+
+
+def _log_final_plots(
+    *,
+    task: Task,
+    history: list[dict[str, float]],
+    best: _BestEvaluation,
+    labels: LabelSet,
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        plots.plot_training_curves(history, out / "training_curves.png")
+        if task is Task.SINGLE_LABEL:
+            plots.plot_confusion_matrix(
+                best.metrics["confusion_matrix"], labels.names, out / "confusion_matrix.png"
+            )
+        else:
+            plots.plot_pr_curves(
+                y_true=best.targets.numpy(),
+                y_score=scores_from_logits(best.logits, task).numpy(),
+                labels=labels.names,
+                path=out / "pr_curves.png",
+            )
+        mlflow.log_artifacts(str(out), "plots")
+
+
+def finish(
+    *, cfg: TrainConfig, setup: TrainingSetup, state: checkpoint.TrainingState, run_dir: Path
+) -> TrainResult:
+    """Evaluate the best checkpoint, log its plots and metrics, log and register the model."""
+    best_dir = run_dir / checkpoint.BEST_ARTIFACT
+    best = _evaluate_best(best_dir=best_dir, setup=setup)
+    final = scalar_metrics(best.metrics, prefix="best_val_")
+    mlflow.log_metrics({**final, "best_score": state.best_score, "best_epoch": state.best_epoch})
+    _log_final_plots(task=cfg.task, history=state.history, best=best, labels=setup.labels)
+
+    monitored = MONITORED[best.spec.task]
+    version = tracking.log_and_register_model(
+        cfg,
+        artifact_dir=best_dir,
+        example_image=setup.split.val_samples[0].path.read_bytes(),
+        version_tags={
+            "task": best.spec.task.value,
+            "architecture": best.spec.architecture,
+            f"val_{monitored}": f"{state.best_score:.4f}",
+        },
+    )
+    return TrainResult(
+        run_id=run_dir.name,
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        monitored=monitored,
+        artifact_dir=best_dir,
+        registered_name=cfg.mlflow.registered_model,
+        registered_version=version,
+        val_metrics=final,
+    )

@@ -1,0 +1,138 @@
+"""The epoch loop: train and evaluate one epoch, log it, keep the best model, stop early.
+
+An epoch is split the way data-parallel training will need it: :func:`run_epoch` is the part
+every rank would run; :func:`log_epoch` and :func:`save_progress` are the parts only one rank
+would run, since only one may talk to MLflow and write the run's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+
+from . import checkpoint
+from .build import TrainingSetup
+from .config import TrainConfig
+from .engine import evaluate, train_one_epoch
+from .metrics import MONITORED, compute_metrics, scalar_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    lr: float  # after the epoch's last step
+    metrics: dict  # compute_metrics() on the validation set
+
+    def row(self) -> dict:
+        """The epoch's scalars, as the history and MLflow record them."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "lr": self.lr,
+            **scalar_metrics(self.metrics),
+        }
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Best-score bookkeeping kept in the checkpointed state, so that a resumed run keeps its
+    best model and stops at the epoch where an uninterrupted one would."""
+
+    patience: int
+    min_delta: float
+
+    def update(self, state: checkpoint.TrainingState, *, epoch: int, score: float) -> bool:
+        """Record ``epoch``'s score; whether it is the new best."""
+        if score > state.best_score + self.min_delta:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            return True
+        state.bad_epochs += 1
+        return False
+
+    def should_stop(self, state: checkpoint.TrainingState) -> bool:
+        return state.bad_epochs >= self.patience
+
+
+def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochResult:
+    """Train one epoch, then evaluate on the validation set."""
+    # Re-seeding per epoch makes a resumed run see the same data order and augmentation.
+    torch.manual_seed(cfg.seed + epoch)
+    setup.generator.manual_seed(cfg.seed + epoch)
+    train_loss = train_one_epoch(
+        model=setup.model,
+        loader=setup.train_loader,
+        loss_fn=setup.loss_fn,
+        optimizer=setup.optimizer,
+        scheduler=setup.scheduler,
+        scaler=setup.scaler,
+        precision=setup.precision,
+        epoch=epoch,
+    )
+    logits, targets, val_loss = evaluate(
+        model=setup.model,
+        loader=setup.val_loader,
+        loss_fn=setup.loss_fn,
+        precision=setup.precision,
+    )
+    metrics = compute_metrics(
+        logits, targets, setup.labels, setup.task, threshold=cfg.model.threshold
+    )
+    lr = setup.scheduler.get_last_lr()[0]
+    return EpochResult(epoch, train_loss, val_loss, lr, metrics)
+
+
+def log_epoch(*, result: EpochResult, state: checkpoint.TrainingState, monitored: str) -> None:
+    """Append the epoch to the history (for the training-curve plot) and log it to MLflow."""
+    row = result.row()
+    state.history.append({k: float(v) for k, v in row.items()})
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=result.epoch)
+    logger.info(
+        "epoch %d: train_loss %.4f val_loss %.4f val_%s %.4f",
+        result.epoch,
+        result.train_loss,
+        result.val_loss,
+        monitored,
+        result.metrics[monitored],
+    )
+
+
+def save_progress(
+    *, run_dir: Path, state: checkpoint.TrainingState, setup: TrainingSetup, improved: bool
+) -> None:
+    """Replace ``best/`` when the epoch improved on it, then write the resumable checkpoint."""
+    if improved:
+        checkpoint.save_best_artifact(run_dir, setup.model, setup.spec)
+    checkpoint.save_checkpoint(
+        run_dir / checkpoint.LAST_CHECKPOINT,
+        state=state,
+        model=setup.model,
+        optimizer=setup.optimizer,
+        scheduler=setup.scheduler,
+        scaler=setup.scaler,
+    )
+
+
+def train_loop(
+    *, cfg: TrainConfig, setup: TrainingSetup, state: checkpoint.TrainingState, run_dir: Path
+) -> None:
+    """The epochs after ``state.epoch`` up to ``optim.epochs``, or until early stopping."""
+    stopping = EarlyStopping(patience=cfg.optim.patience, min_delta=cfg.optim.min_delta)
+    monitored = MONITORED[setup.task]
+    for epoch in range(state.epoch + 1, cfg.optim.epochs + 1):
+        result = run_epoch(cfg=cfg, setup=setup, epoch=epoch)
+        log_epoch(result=result, state=state, monitored=monitored)
+        state.epoch = epoch
+        improved = stopping.update(state, epoch=epoch, score=result.metrics[monitored])
+        save_progress(run_dir=run_dir, state=state, setup=setup, improved=improved)
+        if stopping.should_stop(state):
+            logger.info("Early stopping after epoch %d (best: epoch %d)", epoch, state.best_epoch)
+            break

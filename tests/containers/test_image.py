@@ -11,7 +11,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ..support.ready import wait_until_ready
+from devtools.server_process import wait_until_ready
+
 from .conftest import DOCKER_CLI, inspect, run
 
 READY_TIMEOUT_S = 240

@@ -4,19 +4,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from benchmarks.servers import free_port, server_process
+from devtools.server_process import (
+    LOOPBACK,
+    ServerProcess,
+    bentoml_serve_command,
+    free_port,
+    running_server,
+    start_server,
+)
 
 READY_TIMEOUT_S = 180
 
-__all__ = ["bentoml_server", "free_port"]
+__all__ = ["bentoml_server", "bentoml_server_process", "free_port", "start_bentoml"]
+
+
+def start_bentoml(env_overrides: Mapping[str, str], log_path: Path) -> ServerProcess:
+    """Start `bentoml serve` on a free loopback port, on the CPU, and return without waiting:
+    for the tests of start-up itself (a broken model must fail, never say ready)."""
+    port = free_port()
+    return start_server(
+        bentoml_serve_command(port=port),
+        url=f"http://{LOOPBACK}:{port}",
+        env={**os.environ, "CLASSIFIER_DEVICE": "cpu", **env_overrides},
+        log_path=log_path,
+        what="bentoml serve",
+    )
 
 
 @contextlib.contextmanager
-def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | None = None):
-    """Start `bentoml serve` on a free loopback port; yield its URL once /readyz says ready."""
+def bentoml_server_process(
+    model_tag: str, log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """Start `bentoml serve` on a free loopback port; yield the process once /readyz says ready,
+    and stop its process group afterwards (for tests that signal the server themselves)."""
     port = free_port()
     # CPU fp32 on any runner: exact parity with in-process predictions is asserted, and
     # reduced precision differs slightly between batch sizes (which batching varies).
@@ -27,16 +50,21 @@ def bentoml_server(model_tag: str, log_path: Path, extra_env: dict[str, str] | N
         "CLASSIFIER_PRECISION": "float32",
         **(extra_env or {}),
     }
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    command = [str(bentoml_cli), "serve", "service:ImageClassifier",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with server_process(
-        command,
+    with running_server(
+        bentoml_serve_command(port=port),
+        url=f"http://{LOOPBACK}:{port}",
         env=env,
         log_path=log_path,
-        ready_url=f"{url}/readyz",
         what="bentoml serve",
         timeout_s=READY_TIMEOUT_S,
-    ):
-        yield url
+    ) as (server, _):
+        yield server
+
+
+@contextlib.contextmanager
+def bentoml_server(
+    model_tag: str, log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """Start `bentoml serve` on a free loopback port; yield its URL once /readyz says ready."""
+    with bentoml_server_process(model_tag, log_path, extra_env) as server:
+        yield server.url

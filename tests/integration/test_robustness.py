@@ -9,8 +9,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +22,7 @@ from PIL import Image
 from models import Predictor, load_image
 from registry.bento_import import artifact_dir
 
-from .conftest import bentoml_server, free_port
+from .conftest import bentoml_server, bentoml_server_process, start_bentoml
 
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -334,47 +332,18 @@ def _decoded_images(url: str) -> float:
     )
 
 
-def _serve_command(port: int) -> list[str]:
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    return [str(bentoml_cli), "serve", "service:ImageClassifier",
-            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-
-
-def _start(env_overrides: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "CLASSIFIER_DEVICE": "cpu", **env_overrides}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            _serve_command(port),
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _is_ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def _assert_fails_at_start_up(env: dict[str, str], log_path: Path, *messages: str) -> None:
-    proc, url = _start(env, log_path)
+    server = start_bentoml(env, log_path)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            assert not _is_ready(url), "a server with a broken model/configuration said ready"
+        while server.exit_status() is None and time.monotonic() < deadline:
+            assert not server.is_ready(), "a server with a broken model/configuration said ready"
             time.sleep(0.5)
-        assert proc.returncode is not None, "server did not exit"
-        assert proc.returncode != 0
+        code = server.exit_status()
+        assert code is not None, "server did not exit"
+        assert code != 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop(grace_s=5)
     log = log_path.read_text(errors="replace")
     for message in messages:
         assert message in log, log[-3000:]
@@ -428,20 +397,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
     single_label_bento, session_dir, png_images
 ):
     log_path = session_dir / "serve-shutdown.log"
-    proc, url = _start(
-        {
-            "CLASSIFIER_MODEL_TAG": str(single_label_bento.tag),
-            "CLASSIFIER_PRECISION": "float32",
-            "CLASSIFIER_REDUCED_JPEG_DECODE": "false",  # full decodes: requests stay in flight
-        },
-        log_path,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not _is_ready(url):
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+    extra_env = {"CLASSIFIER_REDUCED_JPEG_DECODE": "false"}  # full decodes: requests stay in flight
+    with bentoml_server_process(str(single_label_bento.tag), log_path, extra_env) as server:
+        url = server.url
         # Large uploads keep requests in flight for a while (decode + resize of each image).
         big = _encode(_photo((2000, 1500), seed=8), "JPEG", quality=95)
         files = [("images", (f"{i}.jpg", big, "image/jpeg")) for i in range(8)]
@@ -460,7 +418,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
                 assert time.monotonic() < deadline, "6 requests never in progress together"
                 await asyncio.sleep(0.05)
             killed_at = time.monotonic()
-            os.killpg(proc.pid, signal.SIGTERM)
+            server.signal_group(signal.SIGTERM)
             return killed_at, await asyncio.gather(*calls, return_exceptions=True)
 
         killed_at, results = asyncio.run(in_flight())
@@ -469,8 +427,4 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
         assert any(finished > killed_at for _, finished in results)
         with pytest.raises(requests.ConnectionError):  # new requests are refused
             requests.post(f"{url}/classify", files=files[:1], timeout=10)
-        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        assert server.process.wait(timeout=60) == 0, server.log_tail(chars=3000)

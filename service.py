@@ -41,6 +41,10 @@ class ImageClassifier:
     def __init__(self) -> None:
         self.served = ServedClassifier.start(SETTINGS, SERVED_MODEL, service_config=SERVICE_CONFIG)
 
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self.served.close()
+
     @bentoml.api(**SETTINGS.batching_options())
     async def classify(self, images: UploadedImages) -> list[Classification]:
         """Classify one or more images (multipart field `images`): labels with scores per image."""

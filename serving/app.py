@@ -8,7 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import bentoml
 from PIL import Image
+
+from models.artifact import stored_artifact_dir
 
 from .decoding import RequestDecoder
 from .guard import RequestGuard
@@ -16,7 +19,7 @@ from .http_front import OverloadAnswers, quiet_client_errors
 from .model_store import FIX_THE_MODEL, ServedModel
 from .parsing import install_request_parsing
 from .runtime import Runtime, build_runtime
-from .schemas import Classification, ModelMetadata, ModelRef
+from .schemas import Classification, ModelMetadata, ModelRef, model_ref
 from .settings import SERVICE_NAME, ServingSettings
 from .telemetry import install as install_metrics
 
@@ -45,14 +48,15 @@ class ServedClassifier:
         service_config: dict[str, Any],
     ) -> ServedClassifier:
         """Load, warm up and publish the model; never come up with a broken one."""
-        model = served_model.lineage()
+        stored = served_model.check()  # once: everything below describes this one model
+        model = model_ref(str(stored.tag), stored.info.labels)
         namespace = service_config.get("metrics", {}).get("namespace", SERVICE_NAME)
         metrics = install_metrics(namespace, model_info_labels=_MODEL_INFO_LABELS)
         try:
-            runtime = build_runtime(settings, served_model.artifact_dir(), metrics=metrics)
+            runtime = build_runtime(settings, stored_artifact_dir(stored.path), metrics=metrics)
         except Exception as exc:
             raise RuntimeError(
-                f"model {model.tag} in the BentoML store could not be loaded: "
+                f"model {model.tag} in the BentoML store ({stored.path}) could not be loaded: "
                 f"{type(exc).__name__}: {exc}. {FIX_THE_MODEL}"
             ) from exc
         predictor = runtime.predictor
@@ -75,7 +79,15 @@ class ServedClassifier:
             model.mlflow_version or "-",
             predictor.plan.describe(),
         )
-        return cls(settings, runtime, model, served_model.training_metrics())
+        return cls(
+            settings=settings,
+            runtime=runtime,
+            model=model,
+            training_metrics=dict(stored.info.metadata.get("metrics", {})),
+        )
+
+    def close(self) -> None:
+        self.runtime.close()
 
     async def classify(self, images: list[Image.Image]) -> list[Classification]:
         results = await self.runtime.classify(images)
@@ -112,8 +124,6 @@ _MODEL_INFO_LABELS = (
 
 def current_decoder() -> RequestDecoder:
     """The request decoder of this worker's service instance (BentoML creates one per worker)."""
-    import bentoml
-
     return bentoml.get_current_service().served.decoder
 
 

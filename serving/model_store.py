@@ -1,17 +1,15 @@
 """The served model's entry in the BentoML store: declared on the service class, checked before
-any worker starts."""
+a Bento is built and before any worker starts."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import attrs
+import bentoml
 from bentoml.models import BentoModel
 
 from models.artifact import ArtifactError, check_artifact, stored_artifact_dir
-
-from .schemas import ModelRef, model_ref
 
 FIX_THE_MODEL = (
     "Re-import it (`python -m registry import ...`) or serve another CLASSIFIER_MODEL_TAG"
@@ -24,16 +22,28 @@ class ModelNotServableError(RuntimeError):
 
 @attrs.frozen
 class ServedModel(BentoModel):
-    """A :class:`bentoml.models.BentoModel` that refuses to resolve a missing or damaged model
-    with a message that says what to fix. Plain ``BentoModel`` would try to download a missing
-    one from BentoCloud and fail with "No cloud context default found"."""
+    """A :class:`bentoml.models.BentoModel` that refuses a missing or damaged model with a
+    message that says what to fix. Plain ``BentoModel`` would look a missing one up on
+    BentoCloud and fail with "No cloud context default found", and would package a damaged one.
+
+    ``bentoml build`` calls :meth:`to_info`, ``bentoml serve`` calls :meth:`resolve`. Inside a
+    Bento, BentoML resolves its packaged models as plain ``BentoModel`` objects, so the service
+    also calls :meth:`check` from an ``on_deployment`` hook.
+    """
+
+    def to_info(self, alias: str | None = None) -> Any:
+        self.check()
+        return super().to_info(alias)
 
     def resolve(self, base_path: Any = None, *args: Any, **kwargs: Any) -> Any:
         self.check()
         return super().resolve(base_path, *args, **kwargs)
 
-    def check(self) -> Any:
-        """The stored model, after a cheap integrity check; else ``ModelNotServableError``."""
+    def check(self) -> bentoml.Model:
+        """The stored model, after a cheap integrity check; else ``ModelNotServableError``.
+
+        Look the model up once and use what this returns: ``:latest`` may move meanwhile.
+        """
         stored = self.stored
         if stored is None:
             raise ModelNotServableError(
@@ -49,13 +59,3 @@ class ServedModel(BentoModel):
                 f"{FIX_THE_MODEL}"
             ) from None
         return stored
-
-    def artifact_dir(self) -> Path:
-        return stored_artifact_dir(self.check().path)
-
-    def lineage(self) -> ModelRef:
-        stored = self.check()
-        return model_ref(str(stored.tag), stored.info.labels)
-
-    def training_metrics(self) -> dict[str, float]:
-        return dict(self.check().info.metadata.get("metrics", {}))

@@ -15,26 +15,45 @@ from typing import Annotated, Any
 from PIL import Image
 from pydantic import BeforeValidator
 
-from models.image_io import from_pil
+from models.image_io import from_pil, load_image
 
 from .decoding import DecodedImage, RequestDecoder
+from .settings import ServingSettings
 
 MULTIPART = "multipart/form-data"
 
 
 def _decoded_image(value: Any) -> Image.Image:
-    """Request validation: uploads arrive decoded by the parser below; in-process callers may
-    pass PIL images, which get an upload's checks and EXIF handling here (the batch prepares
-    them for the model)."""
+    """Request validation of one image. Uploads arrive decoded by the parser below and pass
+    through. Values given in-process (BentoML's clients validate on the caller's side, and
+    dependent services call in-process) get an upload's checks here, against the default
+    limits: the configured ones belong to the server, which applies them to every request."""
     if isinstance(value, DecodedImage):
         return value.image
     if isinstance(value, Image.Image):
         return from_pil(value)
+    if isinstance(value, bytes | bytearray):
+        return load_image(bytes(value))
     raise ValueError(f"expected an uploaded image file, got {type(value).__name__}")
 
 
+_DEFAULT_MAX_IMAGES = ServingSettings.model_fields["max_images_per_request"].default
+
+
+def _image_count(value: Any) -> Any:
+    """An empty request, or one over the default image count, is refused before decoding."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("no images: send at least one file in the `images` field")
+        if len(value) > _DEFAULT_MAX_IMAGES:
+            raise ValueError(
+                f"{len(value)} images in one request, over the limit of {_DEFAULT_MAX_IMAGES}"
+            )
+    return value
+
+
 UploadedImage = Annotated[Image.Image, BeforeValidator(_decoded_image)]
-UploadedImages = list[UploadedImage]
+UploadedImages = Annotated[list[UploadedImage], BeforeValidator(_image_count)]
 
 
 def install_request_parsing(method: Any, *, decoder_of: Callable[[], RequestDecoder]) -> None:

@@ -80,15 +80,15 @@ def build_runtime(
             device=settings.device,
             precision=settings.precision,
         )
+        max_batch_size = settings.batch_size_limit()
+        if warmup:
+            torch_thread.call(predictor.warmup, batch_sizes=warmup_batch_sizes(max_batch_size))
     except BaseException:
         torch_thread.close()
         raise
-    max_batch_size = settings.batch_size_limit()
     decoder = RequestDecoder.from_settings(
         settings, preprocessing=predictor.preprocessing, metrics=metrics
     )
-    if warmup:
-        torch_thread.call(predictor.warmup, batch_sizes=warmup_batch_sizes(max_batch_size))
     return Runtime(
         predictor=predictor,
         torch_thread=torch_thread,

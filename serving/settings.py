@@ -1,7 +1,7 @@
 """The service's settings: ``CLASSIFIER_*`` environment variables and ``configuration.yaml``.
 
 Every setting has one home, its ``Field`` here; the README's configuration table is generated
-from these descriptions (``python -m serving.docs``), and a test keeps it in sync.
+from these descriptions (``python -m devtools.settings_table``), and a test keeps it in sync.
 """
 
 from __future__ import annotations

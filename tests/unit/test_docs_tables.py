@@ -1,11 +1,11 @@
 """Docs tables generated from the code: README.md's ``CLASSIFIER_*`` table from
-``ServingSettings`` (``python -m serving.docs``), checked in-process."""
+``ServingSettings`` (``python -m devtools.settings_table``), checked in-process."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
-from serving import docs
+from devtools import settings_table as docs
 from serving.settings import ServingSettings
 
 from ..conftest import PROJECT_ROOT
@@ -15,7 +15,7 @@ README = PROJECT_ROOT / "README.md"
 
 def test_readme_settings_table_is_the_generated_one():
     assert docs.current_table(README.read_text()) == docs.settings_table(), (
-        "README.md's CLASSIFIER_* table is out of date: run `python -m serving.docs`"
+        "README.md's CLASSIFIER_* table is out of date: run `python -m devtools.settings_table`"
     )
 
 

@@ -11,7 +11,7 @@ from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifi
 from models.image_io import ImageDecodeError, load_image
 from models.preprocessing import EvalPreprocessing
 from serving.decoding import DecodedImage, DecodeLimits, RequestDecoder
-from serving.parsing import UploadedImage
+from serving.parsing import UploadedImage, UploadedImages
 from serving.runtime import warmup_batch_sizes
 from serving.settings import (
     CPU_MAX_BATCH_SIZE,
@@ -133,8 +133,16 @@ def test_in_process_images_get_the_upload_treatment():
     assert decoded.mode == "RGB" and decoded.size == (20, 40)
     with pytest.raises(ValueError, match="over the limit of 50000000"):
         validated(Image.new("L", (10_000, 6_000)))
-    with pytest.raises(ValueError, match="expected an uploaded image file, got bytes"):
-        validated(buffer.getvalue())
+    assert validated(buffer.getvalue()).size == (20, 40)  # encoded bytes: decoded the same way
+    with pytest.raises(ValueError, match="expected an uploaded image file, got int"):
+        validated(12)
+    images = TypeAdapter(
+        UploadedImages, config=ConfigDict(arbitrary_types_allowed=True)
+    ).validate_python
+    with pytest.raises(ValueError, match="no images"):
+        images([])
+    with pytest.raises(ValueError, match="65 images in one request, over the limit of 64"):
+        images([decoded] * 65)
     # What the request parser decoded passes through untouched.
     assert validated(DecodedImage(decoded)) is decoded
 

@@ -4,8 +4,8 @@ Each setting is documented once, by its ``Field`` in ``serving/settings.py``; th
 fields as a Markdown table (variable, default, description) between two marker comments in
 README.md, so the README never retypes them::
 
-    python -m serving.docs           # rewrite the table in README.md
-    python -m serving.docs --check   # exit 1 if README.md's table is out of date
+    python -m devtools.settings_table           # rewrite the table in README.md
+    python -m devtools.settings_table --check   # exit 1 if README.md's table is out of date
 
 A unit test (``tests/unit/test_docs_tables.py``) fails when the two differ.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from .settings import ENV_PREFIX, ServingSettings
+from serving.settings import ENV_PREFIX, ServingSettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- settings-table:start -->"
@@ -86,7 +86,7 @@ def with_table(readme_text: str, table: str | None = None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.docs",
+        prog="python -m devtools.settings_table",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         print(
-            f"{args.readme}: settings table is out of date; run `python -m serving.docs`",
+            f"{args.readme}: settings table is out of date; "
+            "run `python -m devtools.settings_table`",
             file=sys.stderr,
         )
         return 1

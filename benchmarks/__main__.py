@@ -2,6 +2,7 @@
 
     python -m benchmarks run                 # or: make benchmark
     python -m benchmarks soak                # or: make soak (10 minutes of sustained load)
+    python -m benchmarks gpu                 # the prepared GPU check (torch/timm only, < 8 min)
 
 Prepares each model (random weights, registered in a private MLflow registry, imported into a
 private BentoML store under --work-dir), measures the in-process ceiling, then starts each
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument(
         "--out", type=Path, default=HERE / "results", help="where the JSON report goes"
     )
+    from .gpu import __doc__ as gpu_doc
+    from .gpu import add_arguments as gpu_arguments
+
+    gpu_arguments(
+        sub.add_parser(
+            "gpu",
+            help="the prepared GPU check: ceiling, decode, agreement (torch/timm only)",
+            description=gpu_doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     return parser
 
 
@@ -179,6 +191,10 @@ def _isolate(work_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "gpu":  # needs torch/timm only: no work dir, no BentoML or MLflow
+        from .gpu import run as gpu_run
+
+        return gpu_run(args, list(sys.argv[2:] if argv is None else argv[1:]))
     # Servers run in their own sessions; turn SIGTERM into SystemExit so the `finally` blocks
     # that stop them run (Ctrl-C already raises KeyboardInterrupt).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

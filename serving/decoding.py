@@ -63,10 +63,11 @@ class RequestDecoder:
     reduced size (``reduced_jpeg_decode``) and each image resized and cropped to the model's
     input (``preprocessing``), so that work is done before a batch forms.
 
-    Every request is decoded on this decoder's one thread, never on the event loop: no upload,
-    however its header misleads, can stall health checks, 429s or the 504 timer while it
-    decodes (Pillow's codecs release the GIL). One thread keeps decoding serial, so it does
-    not crowd out the forward pass on small CPUs (docs/reliability.md).
+    Every request is decoded on one of this decoder's ``threads``, never on the event loop:
+    no upload, however its header misleads, can stall health checks, 429s or the 504 timer
+    while it decodes (Pillow's codecs release the GIL). One thread (the default) keeps decoding
+    serial, so it does not crowd out the forward pass on small CPUs (docs/reliability.md);
+    more let several requests decode at once on hosts with cores to spare.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class RequestDecoder:
         limits: DecodeLimits,
         preprocessing: EvalPreprocessing | None = None,
         reduced_jpeg_decode: bool = True,
+        threads: int = 1,
         metrics: ServiceMetrics = NO_METRICS,
     ) -> None:
         self.limits = limits
@@ -82,7 +84,7 @@ class RequestDecoder:
         reduced = preprocessing is not None and reduced_jpeg_decode
         self.min_size = preprocessing.config.resize_size if reduced else None
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     @classmethod
     def from_settings(
@@ -96,6 +98,7 @@ class RequestDecoder:
             limits=DecodeLimits.from_settings(settings),
             preprocessing=preprocessing,
             reduced_jpeg_decode=settings.reduced_jpeg_decode,
+            threads=settings.decode_threads,
             metrics=metrics,
         )
 

@@ -124,6 +124,13 @@ class ServingSettings(BaseModel):
         description="decode large JPEGs at 1/2, 1/4 or 1/8 scale when still >= the model's "
         "resize size (faster; see docs/performance.md for the agreement with a full decode)",
     )
+    decode_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="threads per worker that decode requests' uploads (each request on one "
+        "thread, never on the event loop); more let requests decode in parallel on more cores",
+    )
 
     def batch_size_limit(self) -> int:
         """``max_batch_size``, or the default for the device the service will run on."""

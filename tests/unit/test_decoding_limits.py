@@ -3,6 +3,7 @@ request's budgets. In-process: the request decoder the service runs on its decod
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -194,3 +195,33 @@ def test_images_are_opened_and_decoded_one_at_a_time(monkeypatch):
     _decoder().decode_uploads(uploads)
     assert len(open_images) == 8  # headers, then decodes
     assert all(image.fp is None for image in open_images)  # every one closed
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_threads_let_requests_decode_at_once(monkeypatch, threads):
+    """With `decode_threads` N, N requests decode at the same time, each off the event loop."""
+    decoder = RequestDecoder(limits=_decoder().limits, threads=threads)
+    barrier = threading.Barrier(2, timeout=2)
+    seen = []
+
+    def decode_meeting_another(uploads, abandoned=None):
+        seen.append(threading.get_ident())
+        try:
+            barrier.wait()  # only passes when two requests are decoding at once
+            return "together"
+        except threading.BrokenBarrierError:
+            return "alone"
+
+    monkeypatch.setattr(decoder, "decode_uploads", decode_meeting_another)
+
+    async def two_requests():
+        return await asyncio.gather(
+            decoder.decode_off_the_loop([]), decoder.decode_off_the_loop([])
+        )
+
+    try:
+        results = asyncio.run(two_requests())
+    finally:
+        decoder.close()
+    assert threading.get_ident() not in seen
+    assert results == (["together"] * 2 if threads == 2 else ["alone"] * 2)

@@ -1,6 +1,8 @@
 """Benchmark the classifier service against its in-process ceiling and its peers.
 
     python -m benchmarks run                 # or: make benchmark
+    python -m benchmarks run --models noop --servers bentoml-fp32,bentoml --image-sizes 64x48
+                                             # the framework's own ceiling (near-no-op model)
     python -m benchmarks soak                # or: make soak (10 minutes of sustained load)
     python -m benchmarks gpu                 # the prepared GPU check (torch/timm only, < 8 min)
 
@@ -13,8 +15,6 @@ server alone and drives it at every concurrency. Prints the table and writes JSO
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import logging
 import os
 import signal
@@ -32,6 +32,19 @@ def _csv(kind):
     return parse
 
 
+def parse_image_sizes(text: str) -> list[tuple[int, int]]:
+    """``"64x48,500x375"`` -> ``[(64, 48), (500, 375)]``."""
+    sizes = []
+    for item in filter(None, text.split(",")):
+        width, sep, height = item.lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit()) or min(int(width), int(height)) < 16:
+            raise argparse.ArgumentTypeError(f"{item!r}: want WIDTHxHEIGHT, each at least 16")
+        sizes.append((int(width), int(height)))
+    if not sizes:
+        raise argparse.ArgumentTypeError("no image size given")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -44,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=_csv(str),
         default=["resnet50", "efficientnet_b0"],
-        help="timm architectures, comma-separated (default: %(default)s)",
+        help="timm architectures, comma-separated; NAME@SIZE for another input size "
+        "(test_resnet@32); 'noop' is the framework ceiling, a near-no-op model "
+        "(test_resnet at 16x16) (default: %(default)s)",
     )
     run.add_argument(
         "--servers",
@@ -80,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--images-per-size",
         type=int,
         default=8,
-        help="distinct JPEGs per size, 500x375 and 1024x768 (default: %(default)s)",
+        help="distinct JPEGs per size (default: %(default)s)",
+    )
+    run.add_argument(
+        "--image-sizes",
+        type=parse_image_sizes,
+        default=None,
+        help="upload sizes WxH, comma-separated, e.g. 64x48 to isolate the framework's "
+        "overhead from JPEG decode (default: 500x375,1024x768)",
     )
     run.add_argument(
         "--skip-ceiling",
@@ -103,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "soak", help="sustained load on our service: errors, latency drift and memory growth"
     )
     soak.add_argument(
-        "--model", default="efficientnet_b0", help="timm architecture (default: %(default)s)"
+        "--model", default="efficientnet_b0", help="as --models of run (default: %(default)s)"
     )
     soak.add_argument(
         "--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)"
@@ -141,17 +163,18 @@ def soak_main(args: argparse.Namespace, tracking_uri: str) -> int:
     import json
 
     from . import report
-    from .model import prepare_model
+    from .model import prepare_model, resolve
     from .servers import SERVERS, running
     from .soak import SoakLimits, run_soak
     from .workload import make_uploads
 
     uploads = make_uploads(per_size=4)
-    model = prepare_model(args.model, tracking_uri)
+    choice = resolve(args.model)
+    model = prepare_model(choice.architecture, tracking_uri, image_size=choice.image_size)
     log_path = args.work_dir / "logs" / f"soak-{args.model}.log"
-    with running(SERVERS["bentoml"], model, log_path) as (base_url, _):
+    with running(SERVERS["bentoml"], model, log_path) as server:
         result = run_soak(
-            base_url + "/classify",
+            server.base_url + "/classify",
             uploads,
             concurrency=args.concurrency,
             duration_s=args.duration,
@@ -203,95 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "soak":
         return soak_main(args, tracking_uri)
 
-    from tqdm import tqdm
+    from .runner import run_main
 
-    from . import ceiling as ceilings
-    from . import report
-    from .loadgen import run_load
-    from .model import prepare_model
-    from .servers import SERVERS, running
-    from .targets import evaluate
-    from .workload import DEFAULT_SIZES, make_uploads
-
-    unknown = sorted(set(args.servers) - set(SERVERS))
-    if unknown:
-        raise SystemExit(f"unknown servers {unknown}; choose from {sorted(SERVERS)}")
-    uploads = make_uploads(per_size=args.images_per_size)
-    results = {
-        "started_at": report.now(),
-        "command": report.command_line(),
-        "machine": report.machine(),
-        "settings": {
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "concurrency": args.concurrency,
-            "images": f"{len(uploads)} photo-like JPEGs, "
-            + " and ".join(f"{w}x{h}" for w, h in DEFAULT_SIZES),
-        },
-        "servers": {name: SERVERS[name].description for name in args.servers},
-        "models": [],
-    }
-    steps = tqdm(
-        total=len(args.models) * len(args.servers) * len(args.concurrency),
-        desc="load points",
-        unit="point",
-    )
-    for architecture in args.models:
-        model = prepare_model(architecture, tracking_uri)
-        entry = {"architecture": architecture, "bento_tag": model.bento_tag, "servers": []}
-        from serving.runtime import build_runtime, warmup_batch_sizes
-        from serving.settings import ServingSettings
-
-        # The same runtime the service builds, from the same (default) settings.
-        settings = ServingSettings.from_env()
-        runtime = build_runtime(settings, model.artifact_dir)
-        entry["plan"] = runtime.predictor.plan.describe()
-        if not args.skip_ceiling:
-            logger.info("Measuring the in-process ceiling of %s", architecture)
-            entry["ceiling"] = ceilings.sweep(
-                runtime, uploads, batch_sizes=warmup_batch_sizes(2 * runtime.max_batch_size)
-            )
-        for name in args.servers:
-            log_path = args.work_dir / "logs" / f"{architecture}-{name}.log"
-            server = {"name": name, "points": []}
-            ceiling = None
-            if not args.skip_ceiling:
-                server["ceiling"] = ceilings.adjacent(
-                    runtime, uploads, entry["ceiling"]["best_batch_size"]
-                )
-                ceiling = server["ceiling"]["ceiling_images_per_s"]
-            with running(SERVERS[name], model, log_path) as (base_url, ready_s):
-                server["ready_s"] = round(ready_s, 1)
-                for concurrency in args.concurrency:
-                    steps.set_postfix_str(f"{architecture} {name} C={concurrency}")
-                    result = asyncio.run(
-                        run_load(
-                            base_url + "/classify",
-                            uploads,
-                            concurrency,
-                            args.duration,
-                            warmup_s=args.warmup,
-                            max_requests=args.max_requests,
-                        )
-                    )
-                    point = result.summary()
-                    point["ratio_to_ceiling"] = (
-                        round(result.throughput / ceiling, 3) if ceiling else None
-                    )
-                    server["points"].append(point)
-                    steps.update()
-                    logger.info("%s %s C=%d: %s", architecture, name, concurrency, point)
-            entry["servers"].append(server)
-        runtime.close()
-        del runtime
-        gc.collect()
-        entry["targets"] = evaluate(entry)
-        results["models"].append(entry)
-    steps.close()
-    json_path, md_path = report.write(results, args.out)
-    print(report.markdown(results))
-    print(f"Written: {json_path} and {md_path}")
-    return 0
+    return run_main(args, tracking_uri)
 
 
 if __name__ == "__main__":

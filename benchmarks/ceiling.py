@@ -72,3 +72,30 @@ def adjacent(runtime, uploads: list[Upload], best_batch_size: int) -> dict:
         ),
         "single_image_ms_p50": round(single_image_ms(runtime, uploads), 1),
     }
+
+
+def forward_ms(runtime, repeats: int = 30) -> float:
+    """Median milliseconds of the bare forward of one image (preprocessed input ready), on the
+    runtime's torch thread, in the precision and layout the service uses."""
+    import torch
+
+    predictor = runtime.predictor
+    _, height, width = predictor.spec.preprocessing.input_size
+    batch = torch.zeros(1, 3, height, width)
+
+    def timed() -> float:
+        started = time.perf_counter()
+        predictor.scores(batch)
+        return (time.perf_counter() - started) * 1000
+
+    runtime.torch_thread.call(timed)  # warm
+    return round(statistics.median(runtime.torch_thread.call(timed) for _ in range(repeats)), 3)
+
+
+def describe_model(choice, forward: float, input_size: tuple[int, int, int], plan: str) -> str:
+    """How the report names the model: honestly, for the near-no-op one."""
+    size = f"{input_size[2]}x{input_size[1]}"
+    what = (
+        f"{choice.architecture} at {size}, forward ~{forward:.2f} ms in-process (batch 1, {plan})"
+    )
+    return f"near-no-op: {what}" if choice.framework_ceiling else what

@@ -71,7 +71,10 @@ def markdown(results: dict) -> str:
         "",
     ]
     for model in results["models"]:
-        lines += [f"## {model['architecture']}", "", f"Model runs on {model['plan']}.", ""]
+        lines += [f"## {model.get('name', model['architecture'])}", ""]
+        if model.get("description"):
+            lines += [f"Model: {model['description']}.", ""]
+        lines += [f"Model runs on {model['plan']}.", ""]
         if c := model.get("ceiling"):
             lines += [
                 f"Ceiling (in-process, same model and preprocessing): "
@@ -89,8 +92,9 @@ def markdown(results: dict) -> str:
                 "",
             ]
         lines += [
-            "| server | C | req/s | × ceiling | p50 ms | p90 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "| server | C | req/s | × ceiling | p50 ms | p90 ms | p99 ms | server CPU ms/req "
+            "| client CPU ms/req | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for server in model["servers"]:
             for point in server["points"]:
@@ -99,9 +103,15 @@ def markdown(results: dict) -> str:
                     f"| {server['name']} | {point['concurrency']} | "
                     f"{_fmt(point['throughput_rps'])} | {_fmt(point['ratio_to_ceiling'], 2)} | "
                     f"{_fmt(point['p50_ms'])} | {_fmt(point['p90_ms'])} | "
-                    f"{_fmt(point['p99_ms'])} | {errors} |"
+                    f"{_fmt(point['p99_ms'])} | "
+                    f"{_fmt(point.get('server_cpu_ms_per_request'), 2)} | "
+                    f"{_fmt(point.get('client_cpu_ms_per_request'), 2)} | {errors} |"
                 )
         lines += [
+            "",
+            "CPU ms/req: CPU time (user + system) over the measured window divided by the "
+            "requests completed in it; server: the server process and all its workers; client: "
+            "the load generator.",
             "",
             "Start-up (process start to ready): "
             + ", ".join(f"{s['name']} {s['ready_s']:.1f} s" for s in model["servers"]),

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from devtools.server_process import LOOPBACK, bentoml_serve_command, free_port, running_server
 
@@ -71,9 +72,15 @@ SERVERS: dict[str, ServerKind] = {
 }
 
 
+class RunningServer(NamedTuple):
+    base_url: str
+    ready_s: float  # seconds from process start until ready
+    pid: int  # the server process (its workers are its descendants): for CPU accounting
+
+
 @contextlib.contextmanager
-def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[tuple[str, float]]:
-    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready)``."""
+def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[RunningServer]:
+    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready, pid)``."""
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
     with running_server(
@@ -84,5 +91,5 @@ def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[tup
         what=kind.name,
         ready_path=kind.ready_path,
         timeout_s=READY_TIMEOUT_S,
-    ) as (_, ready_s):
-        yield base, ready_s
+    ) as (server, ready_s):
+        yield RunningServer(base, ready_s, server.process.pid)

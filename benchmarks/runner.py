@@ -1,0 +1,128 @@
+"""``python -m benchmarks run``: each model's ceiling, then each server alone at every concurrency.
+
+Per load point: throughput, latency percentiles, errors, and the CPU time per request of the
+server's process tree and of the load generator, both over the measured window only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+
+logger = logging.getLogger("benchmarks")
+
+
+def _images_setting(uploads, sizes) -> str:
+    return f"{len(uploads)} photo-like JPEGs, " + " and ".join(f"{w}x{h}" for w, h in sizes)
+
+
+def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
+    from tqdm import tqdm
+
+    from . import ceiling as ceilings
+    from . import report
+    from .loadgen import run_load
+    from .model import prepare_model, resolve
+    from .servers import SERVERS, running
+    from .targets import evaluate
+    from .workload import DEFAULT_SIZES, make_uploads
+
+    unknown = sorted(set(args.servers) - set(SERVERS))
+    if unknown:
+        raise SystemExit(f"unknown servers {unknown}; choose from {sorted(SERVERS)}")
+    try:
+        choices = [resolve(name) for name in args.models]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    sizes = tuple(args.image_sizes or DEFAULT_SIZES)
+    uploads = make_uploads(sizes, per_size=args.images_per_size)
+    results = {
+        "started_at": report.now(),
+        "command": report.command_line(),
+        "machine": report.machine(),
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "concurrency": args.concurrency,
+            "images": _images_setting(uploads, sizes),
+        },
+        "servers": {name: SERVERS[name].description for name in args.servers},
+        "models": [],
+    }
+    steps = tqdm(
+        total=len(choices) * len(args.servers) * len(args.concurrency),
+        desc="load points",
+        unit="point",
+    )
+    for choice in choices:
+        label = choice.name
+        model = prepare_model(choice.architecture, tracking_uri, image_size=choice.image_size)
+        entry = {
+            "name": label,
+            "architecture": choice.architecture,
+            "framework_ceiling": choice.framework_ceiling,
+            "bento_tag": model.bento_tag,
+            "servers": [],
+        }
+        from serving.runtime import build_runtime, warmup_batch_sizes
+        from serving.settings import ServingSettings
+
+        # The same runtime the service builds, from the same (default) settings.
+        settings = ServingSettings.from_env()
+        runtime = build_runtime(settings, model.artifact_dir)
+        entry["plan"] = runtime.predictor.plan.describe()
+        input_size = tuple(runtime.predictor.spec.preprocessing.input_size)
+        entry["input_size"] = list(input_size)
+        entry["forward_ms_p50"] = ceilings.forward_ms(runtime)
+        entry["description"] = ceilings.describe_model(
+            choice, entry["forward_ms_p50"], input_size, entry["plan"]
+        )
+        if not args.skip_ceiling:
+            logger.info("Measuring the in-process ceiling of %s", label)
+            entry["ceiling"] = ceilings.sweep(
+                runtime, uploads, batch_sizes=warmup_batch_sizes(2 * runtime.max_batch_size)
+            )
+        for name in args.servers:
+            log_path = args.work_dir / "logs" / f"{label}-{name}.log"
+            server = {"name": name, "points": []}
+            ceiling = None
+            if not args.skip_ceiling:
+                server["ceiling"] = ceilings.adjacent(
+                    runtime, uploads, entry["ceiling"]["best_batch_size"]
+                )
+                ceiling = server["ceiling"]["ceiling_images_per_s"]
+            with running(SERVERS[name], model, log_path) as started:
+                server["ready_s"] = round(started.ready_s, 1)
+                for concurrency in args.concurrency:
+                    steps.set_postfix_str(f"{label} {name} C={concurrency}")
+                    result = asyncio.run(
+                        run_load(
+                            started.base_url + "/classify",
+                            uploads,
+                            concurrency,
+                            args.duration,
+                            warmup_s=args.warmup,
+                            max_requests=args.max_requests,
+                            server_pid=started.pid,
+                        )
+                    )
+                    point = result.summary()
+                    point["ratio_to_ceiling"] = (
+                        round(result.throughput / ceiling, 3) if ceiling else None
+                    )
+                    server["points"].append(point)
+                    steps.update()
+                    logger.info("%s %s C=%d: %s", label, name, concurrency, point)
+            entry["servers"].append(server)
+        runtime.close()
+        del runtime
+        gc.collect()
+        entry["targets"] = evaluate(entry)
+        results["models"].append(entry)
+    steps.close()
+    json_path, md_path = report.write(results, args.out)
+    print(report.markdown(results))
+    print(f"Written: {json_path} and {md_path}")
+    return 0

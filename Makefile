@@ -108,7 +108,7 @@ test: install ## run the whole test suite (unit, training, integration)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## run only the fast unit tests
-	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+	$(PY) -m pytest -m unit tests/unit $(PYTEST_ARGS)
 
 test-integration: install ## run only the real-server integration tests
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)

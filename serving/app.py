@@ -17,7 +17,7 @@ from .decoding import RequestDecoder
 from .guard import RequestGuard
 from .http_front import OverloadAnswers, quiet_client_errors
 from .model_store import FIX_THE_MODEL, ServedModel
-from .parsing import install_request_parsing
+from .parsing import fix_response_media_type, install_request_parsing
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
 from .settings import SERVICE_NAME, ServingSettings
@@ -156,3 +156,5 @@ def protect(
         ),
     )
     install_request_parsing(service.apis["classify"], decoder_of=decoder_of)
+    for method in service.apis.values():
+        fix_response_media_type(method)

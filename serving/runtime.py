@@ -39,6 +39,7 @@ class Runtime:
     decoder: RequestDecoder
     max_batch_size: int
     metrics: ServiceMetrics
+    owns_torch_thread: bool = True
 
     async def classify(self, images: list[Image.Image]) -> list[list[LabelScore]]:
         """One batch, on the torch thread, without blocking the event loop."""
@@ -60,7 +61,8 @@ class Runtime:
 
     def close(self) -> None:
         self.decoder.close()
-        self.torch_thread.close()
+        if self.owns_torch_thread:
+            self.torch_thread.close()
 
 
 def build_runtime(
@@ -69,10 +71,17 @@ def build_runtime(
     *,
     metrics: ServiceMetrics = NO_METRICS,
     warmup: bool = True,
+    torch_thread: TorchThread | None = None,
 ) -> Runtime:
     """Load the artifact on a new torch thread, build its request decoder and warm it up for
-    the batch sizes adaptive batching will form. Loading errors propagate unchanged."""
-    torch_thread = TorchThread()
+    the batch sizes adaptive batching will form. Loading errors propagate unchanged.
+
+    In-process users that run other torch work (the benchmark prepares models) pass their own
+    ``torch_thread`` and do all of it there: a second thread running torch ops slows both
+    (serving/torch_thread.py), and the runtime would then measure slower than it serves.
+    """
+    owns_torch_thread = torch_thread is None
+    torch_thread = torch_thread or TorchThread()
     try:
         predictor = torch_thread.call(
             Predictor.from_artifact,
@@ -84,7 +93,8 @@ def build_runtime(
         if warmup:
             torch_thread.call(predictor.warmup, batch_sizes=warmup_batch_sizes(max_batch_size))
     except BaseException:
-        torch_thread.close()
+        if owns_torch_thread:
+            torch_thread.close()
         raise
     decoder = RequestDecoder.from_settings(
         settings, preprocessing=predictor.preprocessing, metrics=metrics
@@ -95,4 +105,5 @@ def build_runtime(
         decoder=decoder,
         max_batch_size=max_batch_size,
         metrics=metrics,
+        owns_torch_thread=owns_torch_thread,
     )

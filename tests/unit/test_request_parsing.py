@@ -13,7 +13,12 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from serving.decoding import DecodeLimits, RequestDecoder
-from serving.parsing import MULTIPART, UploadedImages, install_request_parsing
+from serving.parsing import (
+    MULTIPART,
+    UploadedImages,
+    fix_response_media_type,
+    install_request_parsing,
+)
 
 MAX_IMAGES = 3
 LIMITS = DecodeLimits(
@@ -165,3 +170,20 @@ def test_the_request_limits_of_the_decoder_apply(client):
     response = client.post("/classify", files=[_upload("big.png", too_big)])
     assert response.status_code == 400
     assert _error(response).startswith("big.png: ") and "over the limit" in _error(response)
+
+
+def test_responses_do_not_rebuild_the_output_schema(client, monkeypatch):
+    """BentoML resolves a response's media type from the output's JSON schema on every response
+    unless the type is declared; ``fix_response_media_type`` declares what it resolves to."""
+    method = ParsingProbe.apis["classify"]
+    monkeypatch.setattr(method.output_spec, "media_type", None)
+    fix_response_media_type(method)
+    assert method.output_spec.media_type == "application/json"
+
+    def no_schema_per_response(*args, **kwargs):
+        raise AssertionError("the output's JSON schema was built for a response")
+
+    monkeypatch.setattr(method.output_spec, "model_json_schema", no_schema_per_response)
+    response = client.post("/classify", files=[_upload()])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")

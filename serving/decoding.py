@@ -46,6 +46,14 @@ class DecodeLimits:
         )
 
 
+def check_image_count(count: int, *, limit: int) -> None:
+    """Refuse a request with no images or more than ``limit``, before decoding any."""
+    if not count:
+        raise ImageDecodeError("no images: send at least one file in the `images` field")
+    if count > limit:
+        raise ImageDecodeError(f"{count} images in one request, over the limit of {limit}")
+
+
 class RequestAbandonedError(Exception):
     """The request timed out (504) while its images were being decoded."""
 
@@ -104,12 +112,7 @@ class RequestDecoder:
 
     def check_count(self, uploads: list[Any]) -> None:
         """Refuse an empty request, or one with more images than allowed, before decoding."""
-        if not uploads:
-            raise ImageDecodeError("no images: send at least one file in the `images` field")
-        if len(uploads) > self.limits.max_images:
-            raise ImageDecodeError(
-                f"{len(uploads)} images in one request, over the limit of {self.limits.max_images}"
-            )
+        check_image_count(len(uploads), limit=self.limits.max_images)
 
     async def decode_off_the_loop(self, uploads: list[Any]) -> list[DecodedImage]:
         """:meth:`decode_uploads` on the decoder's thread; a cancelled (timed-out) request stops

@@ -17,7 +17,7 @@ from pydantic import BeforeValidator
 
 from models.image_io import from_pil, load_image
 
-from .decoding import DecodedImage, RequestDecoder
+from .decoding import DecodedImage, RequestDecoder, check_image_count
 from .settings import ServingSettings
 
 MULTIPART = "multipart/form-data"
@@ -43,12 +43,7 @@ _DEFAULT_MAX_IMAGES = ServingSettings.model_fields["max_images_per_request"].def
 def _image_count(value: Any) -> Any:
     """An empty request, or one over the default image count, is refused before decoding."""
     if isinstance(value, list | tuple):
-        if not value:
-            raise ValueError("no images: send at least one file in the `images` field")
-        if len(value) > _DEFAULT_MAX_IMAGES:
-            raise ValueError(
-                f"{len(value)} images in one request, over the limit of {_DEFAULT_MAX_IMAGES}"
-            )
+        check_image_count(len(value), limit=_DEFAULT_MAX_IMAGES)
     return value
 
 

@@ -45,6 +45,30 @@ def parse_image_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want a whole number >= 1")
+    return int(text)
+
+
+def parse_cpu_sets(text: str) -> list[str | None]:
+    """``"0;0,1"`` -> ``["0", "0,1"]``, each set checked against the cores this process may use."""
+    from .runner import parse_cpus
+
+    sets = [item.strip() for item in text.split(";") if item.strip()]
+    usable = os.sched_getaffinity(0)
+    for item in sets:
+        try:
+            cores = parse_cpus(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: want cores like 0 or 0,1 or 0-3") from None
+        if not cores or not cores <= usable:
+            raise argparse.ArgumentTypeError(f"{item!r}: usable cores are {sorted(usable)}")
+    if not sets:
+        raise argparse.ArgumentTypeError("no core set given")
+    return sets
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -103,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="upload sizes WxH, comma-separated, e.g. 64x48 to isolate the framework's "
         "overhead from JPEG decode (default: 500x375,1024x768)",
+    )
+    run.add_argument(
+        "--images-per-request",
+        type=positive_int,
+        default=1,
+        help="images in each request's multipart body, e.g. 16 for the multi-image workload "
+        "(default: %(default)s)",
+    )
+    run.add_argument(
+        "--cpu-sets",
+        type=parse_cpu_sets,
+        default=[None],
+        help="run each server once per core set, pinned to it (taskset syntax, sets separated "
+        "by ';', e.g. '0;0,1': the core-scaling measurement); the load generator is pinned to "
+        "the remaining cores when there are any (default: not pinned)",
     )
     run.add_argument(
         "--skip-ceiling",

@@ -5,7 +5,10 @@
 
 1. Ceiling by batch size, per model and dtype (fp32, bf16 and fp16 autocast), channels_last:
    the bare forward (inputs already on the device) and end to end (PIL decode + timm eval
-   transform on CPU threads, pinned host-to-device copy, forward).
+   transform on CPU threads, pinned host-to-device copy, forward); from the sweep, the
+   recommended CLASSIFIER_MAX_BATCH_SIZE (the smallest batch within 95% of the best forward).
+   Compiled: torch.compile(mode="reduce-overhead") (CUDA graphs) against eager at the batch
+   sizes the service warms, with each shape's compile time.
 2. Decode images/s: batched nvjpeg (torchvision.io.decode_jpeg on CUDA), bare and with the eval
    resize on the GPU, against PIL (decode, convert, resize, crop) on one and on all threads.
 3. Agreement: each model fine-tuned in-process on synthetic shapes, then top-1 agreement of
@@ -27,22 +30,25 @@ import time
 from pathlib import Path
 
 from . import report
-from .gpu_report import markdown
+from .gpu_report import markdown, recommended_batch_sizes
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("benchmarks.gpu")
-SECTIONS = ("ceiling", "decode", "agreement")
-# Seconds and sizes. Full: ~6.5 minutes of budget on a GPU plus start-up; quick: a smoke run.
+SECTIONS = ("ceiling", "compiled", "decode", "agreement")
+# Seconds and sizes. Full: the section budgets sum to 420 s (7 minutes) on a GPU, plus start-up;
+# quick: a smoke run. compile_batch_sizes: the service's warm-up sizes at batch 1 (latency, where
+# CUDA graphs pay most) and at CUDA_MAX_BATCH_SIZE (32).
 FULL = {
-    "warmup_s": 0.5, "measure_s": 1.0, "ceiling_s": 200.0, "decode_s": 30.0,
-    "agreement_s": 150.0, "images_per_size": 16, "decode_batch": 64, "train_images": 2000,
+    "warmup_s": 0.5, "measure_s": 1.0, "ceiling_s": 180.0, "compiled_s": 90.0, "decode_s": 30.0,
+    "agreement_s": 120.0, "images_per_size": 16, "decode_batch": 64, "train_images": 2000,
     "test_images": 500, "shape_size": 288, "train_seconds": 30.0, "max_steps": 800,
-    "train_batch": 64,
+    "train_batch": 64, "compile_batch_sizes": [1, 32],
 }  # fmt: skip
 QUICK = {
-    "warmup_s": 0.0, "measure_s": 0.05, "ceiling_s": 20.0, "decode_s": 5.0,
+    "warmup_s": 0.0, "measure_s": 0.05, "ceiling_s": 20.0, "compiled_s": 5.0, "decode_s": 5.0,
     "agreement_s": 20.0, "images_per_size": 2, "decode_batch": 4, "train_images": 20,
     "test_images": 10, "shape_size": 64, "train_seconds": 1.0, "max_steps": 3, "train_batch": 8,
+    "compile_batch_sizes": [1],
 }  # fmt: skip
 
 
@@ -170,6 +176,7 @@ def _measure(args, device, plan: dict, batch_sizes: list[int], results: dict) ->
     from concurrent.futures import ThreadPoolExecutor
 
     from . import gpu_agreement as agree
+    from . import gpu_compile
     from . import gpu_measure as measure
     from .workload import DEFAULT_SIZES, photo_like_jpeg
 
@@ -190,10 +197,17 @@ def _measure(args, device, plan: dict, batch_sizes: list[int], results: dict) ->
                 results["ceiling"] = []
                 for index, architecture in enumerate(args.models):
                     share = measure.Budget.of(budget.left() / (len(args.models) - index), budget)
-                    results["ceiling"].append(measure.ceiling(
+                    model = measure.ceiling(
                         architecture, photos, device=device, batch_sizes=batch_sizes,
                         dtypes=args.dtypes, timing=timing, budget=share, pool=pool,
-                    ))  # fmt: skip
+                    )  # fmt: skip
+                    model["recommended_max_batch_size"] = recommended_batch_sizes(model)
+                    results["ceiling"].append(model)
+            elif section == "compiled":
+                results["compiled"] = gpu_compile.compiled_section(
+                    args.models, device=device, dtypes=args.dtypes, timing=timing,
+                    batch_sizes=plan["compile_batch_sizes"], budget=budget,
+                )  # fmt: skip
             elif section == "decode":
                 results["decode"] = measure.decode(
                     by_size, device=device, config=measure.data_config(args.models[0]),

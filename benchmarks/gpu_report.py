@@ -1,6 +1,32 @@
-"""The GPU check's Markdown summary (standard library only)."""
+"""The GPU check's Markdown summary, and the batch size it recommends (standard library only)."""
 
 from __future__ import annotations
+
+KNEE = 0.95  # the recommended batch reaches this share of the best forward images/s
+
+
+def recommended_batch_sizes(model: dict, *, fraction: float = KNEE) -> dict[str, dict]:
+    """Per dtype, the smallest measured batch whose bare forward reaches ``fraction`` of the
+    best forward images/s: larger batches buy little throughput and add queueing latency, so
+    this is the CLASSIFIER_MAX_BATCH_SIZE to serve with on that GPU."""
+    out: dict[str, dict] = {}
+    for dtype in dict.fromkeys(p["dtype"] for p in model["points"]):
+        measured = [
+            (p["batch_size"], p["forward"]["images_per_s"])
+            for p in model["points"]
+            if p["dtype"] == dtype and "images_per_s" in (p.get("forward") or {})
+        ]
+        if not measured:
+            continue
+        best_batch, best = max(measured, key=lambda item: item[1])
+        batch, rate = min((b, r) for b, r in measured if r >= fraction * best)
+        out[dtype] = {
+            "batch_size": batch,
+            "images_per_s": rate,
+            "best_batch_size": best_batch,
+            "best_images_per_s": best,
+        }
+    return out
 
 
 def _cell(entry: dict | None, key: str, digits: int = 1) -> str:
@@ -64,8 +90,62 @@ def _ceiling(results: dict) -> list[str]:
                 f"{_cell(f, 'ms_per_batch_p50', 2)} | {_cell(e, 'images_per_s')} | "
                 f"{_cell(e, 'ms_per_batch_p50', 2)} |"
             )
-        lines.append("")
+        lines += ["", *_recommendation(model), ""]
     return lines
+
+
+def _recommendation(model: dict) -> list[str]:
+    chosen = model.get("recommended_max_batch_size") or {}
+    if not chosen:
+        return ["No recommended batch size: no forward point was measured."]
+    parts = [
+        f"{dtype} **{c['batch_size']}** ({c['images_per_s']:.0f} img/s; best "
+        f"{c['best_images_per_s']:.0f} at {c['best_batch_size']})"
+        for dtype, c in chosen.items()
+    ]
+    return [
+        f"Recommended `CLASSIFIER_MAX_BATCH_SIZE` (smallest measured batch whose forward reaches "
+        f"{KNEE:.0%} of the best forward img/s): " + "; ".join(parts) + "."
+    ]
+
+
+def _compiled(results: dict) -> list[str]:
+    settings = results["settings"]
+    lines = [
+        "## Compiled forward (CUDA graphs) vs eager",
+        "",
+        '`torch.compile(mode="reduce-overhead", dynamic=False)`, as the service compiles with '
+        "`CLASSIFIER_COMPILE_MODE=reduce-overhead`, at warmed batch sizes; inputs already on "
+        "the device, channels_last. Compile: the first three calls of a shape (compile, "
+        f"warm, record), within a {settings.get('compiled_s', '-')} s budget.",
+        "",
+        "| model | dtype | batch | eager ms | compiled ms | speed-up | compile s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for model in results["compiled"]:
+        name = model["architecture"]
+        if "skipped" in model:
+            notes.append(f"{name}: {model['skipped']}")
+            continue
+        for p in model["points"]:
+            if "skipped" in p or "compiled" not in p:
+                why = "skipped" if "skipped" in p else "not measured"
+                lines.append(
+                    f"| {name} | {model['dtype']} | {p['batch_size']} | {why} | - | - | - |"
+                )
+                continue
+            lines.append(
+                f"| {name} | {model['dtype']} | {p['batch_size']} | "
+                f"{_cell(p['eager'], 'ms_per_batch_p50', 2)} | "
+                f"{_cell(p['compiled'], 'ms_per_batch_p50', 2)} | {p['speedup']:.2f} | "
+                f"{p['compile_s']:.1f} |"
+            )
+        if "note" in model:
+            notes.append(f"{name}: {model['note']}")
+    if not any("points" in m and "skipped" not in m for m in results["compiled"]):
+        lines = lines[:-3]  # nothing measured: the notes say why, without an empty table
+    return [*lines, "", *[f"- {n}" for n in notes], ""] if notes else [*lines, ""]
 
 
 def _decode(results: dict) -> list[str]:
@@ -129,7 +209,13 @@ def _agreement(results: dict) -> list[str]:
 
 def markdown(results: dict) -> str:
     lines = _header(results)
-    for key, section in (("ceiling", _ceiling), ("decode", _decode), ("agreement", _agreement)):
+    sections = (
+        ("ceiling", _ceiling),
+        ("compiled", _compiled),
+        ("decode", _decode),
+        ("agreement", _agreement),
+    )
+    for key, section in sections:
         if key in results:
             lines += section(results)
         elif key in results["settings"].get("sections", [key]):

@@ -37,10 +37,11 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     client_cpu_s: float | None = None  # the load generator's CPU in the measured window
     server_cpu_s: float | None = None  # the server's process tree, same window (None: no pid)
+    images_per_request: int = 1
 
     @property
     def throughput(self) -> float:
-        """Successful requests per second (one image per request)."""
+        """Successful requests per second."""
         return self.ok / self.duration_s if self.duration_s else 0.0
 
     @property
@@ -59,6 +60,8 @@ class LoadResult:
             "errors": dict(self.errors),
             "unmeasured_errors": dict(self.unmeasured_errors),
             "throughput_rps": round(self.throughput, 2),
+            "images_per_request": self.images_per_request,
+            "images_per_s": round(self.throughput * self.images_per_request, 2),
             "p50_ms": _round(self.percentile(50)),
             "p90_ms": _round(self.percentile(90)),
             "p99_ms": _round(self.percentile(99)),
@@ -133,7 +136,9 @@ async def run_load(
     window ends there: ``duration_s`` becomes its real length, so throughput stays right.
     """
     check_loopback(url)
-    result = LoadResult(concurrency=concurrency, duration_s=duration_s, ok=0)
+    result = LoadResult(
+        concurrency=concurrency, duration_s=duration_s, ok=0, images_per_request=uploads[0].images
+    )
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     start = time.perf_counter()

@@ -54,6 +54,11 @@ def _fmt(value, digits=1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def server_label(server: dict) -> str:
+    """The server's name, and the cores it was pinned to when it was."""
+    return f"{server['name']} (cores {server['cpus']})" if server.get("cpus") else server["name"]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -66,7 +71,8 @@ def markdown(results: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
         "",
         f"Load: {results['settings']['duration_s']} s measured per point after "
-        f"{results['settings']['warmup_s']} s warm-up, closed loop, one image per request, "
+        f"{results['settings']['warmup_s']} s warm-up, closed loop, "
+        f"{results['settings'].get('images_per_request', 1)} image(s) per request, "
         f"{results['settings']['images']}.",
         "",
     ]
@@ -83,7 +89,7 @@ def markdown(results: dict) -> str:
                 f"{c['single_image_ms_p50']} ms (decode + preprocess + forward, p50).",
                 "Re-measured right before each server (×ceiling uses this one): "
                 + ", ".join(
-                    f"{s['name']} {s['ceiling']['ceiling_images_per_s']} img/s / "
+                    f"{server_label(s)} {s['ceiling']['ceiling_images_per_s']} img/s / "
                     f"{s['ceiling']['single_image_ms_p50']} ms"
                     for s in model["servers"]
                     if s.get("ceiling")
@@ -92,16 +98,17 @@ def markdown(results: dict) -> str:
                 "",
             ]
         lines += [
-            "| server | C | req/s | × ceiling | p50 ms | p90 ms | p99 ms | server CPU ms/req "
-            "| client CPU ms/req | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| server | C | req/s | img/s | × ceiling | p50 ms | p90 ms | p99 ms "
+            "| server CPU ms/req | client CPU ms/req | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for server in model["servers"]:
             for point in server["points"]:
                 errors = ", ".join(f"{k}: {v}" for k, v in point["errors"].items()) or "0"
                 lines.append(
-                    f"| {server['name']} | {point['concurrency']} | "
-                    f"{_fmt(point['throughput_rps'])} | {_fmt(point['ratio_to_ceiling'], 2)} | "
+                    f"| {server_label(server)} | {point['concurrency']} | "
+                    f"{_fmt(point['throughput_rps'])} | {_fmt(point.get('images_per_s'))} | "
+                    f"{_fmt(point['ratio_to_ceiling'], 2)} | "
                     f"{_fmt(point['p50_ms'])} | {_fmt(point['p90_ms'])} | "
                     f"{_fmt(point['p99_ms'])} | "
                     f"{_fmt(point.get('server_cpu_ms_per_request'), 2)} | "
@@ -114,7 +121,7 @@ def markdown(results: dict) -> str:
             "the load generator.",
             "",
             "Start-up (process start to ready): "
-            + ", ".join(f"{s['name']} {s['ready_s']:.1f} s" for s in model["servers"]),
+            + ", ".join(f"{server_label(s)} {s['ready_s']:.1f} s" for s in model["servers"]),
             "",
         ]
         if model.get("targets"):

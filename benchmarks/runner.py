@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 
 logger = logging.getLogger("benchmarks")
 
@@ -18,16 +20,79 @@ def _images_setting(uploads, sizes) -> str:
     return f"{len(uploads)} photo-like JPEGs, " + " and ".join(f"{w}x{h}" for w, h in sizes)
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``"0"``, ``"0,1"`` or ``"0-3"`` (taskset's list syntax) -> the set of core numbers."""
+    cores: set[int] = set()
+    for item in filter(None, text.split(",")):
+        first, _, last = item.partition("-")
+        cores.update(range(int(first), int(last or first) + 1))
+    return cores
+
+
+@contextlib.contextmanager
+def client_pinned_apart(server_cpus: str | None):
+    """Pin the calling thread (the load generator's event loop) to the cores the server was not
+    given, when there are any; otherwise the client shares the server's cores and its CPU time
+    is accounted for in the report instead."""
+    before = os.sched_getaffinity(0)
+    others = before - parse_cpus(server_cpus) if server_cpus else set()
+    if others:
+        os.sched_setaffinity(0, others)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _measure_server(args, runtime, entry, model, name, cpus, requests, uploads, steps) -> dict:
+    """Start one server (pinned to ``cpus`` when given) and drive it at every concurrency."""
+    from . import ceiling as ceilings
+    from .loadgen import run_load
+    from .servers import SERVERS, running
+
+    label = entry["name"]
+    log_path = args.work_dir / "logs" / f"{label}-{name}{'-cpus' + cpus if cpus else ''}.log"
+    server = {"name": name, "cpus": cpus, "workers": SERVERS[name].workers, "points": []}
+    ceiling = None
+    if not args.skip_ceiling:
+        server["ceiling"] = ceilings.adjacent(runtime, uploads, entry["ceiling"]["best_batch_size"])
+        ceiling = server["ceiling"]["ceiling_images_per_s"]
+    with running(SERVERS[name], model, log_path, cpus=cpus) as started:
+        server["ready_s"] = round(started.ready_s, 1)
+        for concurrency in args.concurrency:
+            where = f" cpus {cpus}" if cpus else ""
+            steps.set_postfix_str(f"{label} {name}{where} C={concurrency}")
+            with client_pinned_apart(cpus):
+                result = asyncio.run(
+                    run_load(
+                        started.base_url + "/classify",
+                        requests,
+                        concurrency,
+                        args.duration,
+                        warmup_s=args.warmup,
+                        max_requests=args.max_requests,
+                        server_pid=started.pid,
+                    )
+                )
+            point = result.summary()
+            point["ratio_to_ceiling"] = (
+                round(point["images_per_s"] / ceiling, 3) if ceiling else None
+            )
+            server["points"].append(point)
+            steps.update()
+            logger.info("%s %s%s C=%d: %s", label, name, where, concurrency, point)
+    return server
+
+
 def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
     from tqdm import tqdm
 
     from . import ceiling as ceilings
     from . import report
-    from .loadgen import run_load
     from .model import prepare_model, resolve
-    from .servers import SERVERS, running
+    from .servers import SERVERS
     from .targets import evaluate
-    from .workload import DEFAULT_SIZES, make_uploads
+    from .workload import DEFAULT_SIZES, bundle, make_uploads
 
     unknown = sorted(set(args.servers) - set(SERVERS))
     if unknown:
@@ -38,6 +103,7 @@ def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
         raise SystemExit(str(exc)) from None
     sizes = tuple(args.image_sizes or DEFAULT_SIZES)
     uploads = make_uploads(sizes, per_size=args.images_per_size)
+    requests = bundle(uploads, args.images_per_request)
     results = {
         "started_at": report.now(),
         "command": report.command_line(),
@@ -47,12 +113,14 @@ def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
             "warmup_s": args.warmup,
             "concurrency": args.concurrency,
             "images": _images_setting(uploads, sizes),
+            "images_per_request": args.images_per_request,
+            "cpu_sets": args.cpu_sets,
         },
         "servers": {name: SERVERS[name].description for name in args.servers},
         "models": [],
     }
     steps = tqdm(
-        total=len(choices) * len(args.servers) * len(args.concurrency),
+        total=len(choices) * len(args.servers) * len(args.cpu_sets) * len(args.concurrency),
         desc="load points",
         unit="point",
     )
@@ -91,37 +159,12 @@ def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
                 runtime, uploads, batch_sizes=warmup_batch_sizes(2 * runtime.max_batch_size)
             )
         for name in args.servers:
-            log_path = args.work_dir / "logs" / f"{label}-{name}.log"
-            server = {"name": name, "points": []}
-            ceiling = None
-            if not args.skip_ceiling:
-                server["ceiling"] = ceilings.adjacent(
-                    runtime, uploads, entry["ceiling"]["best_batch_size"]
+            for cpus in args.cpu_sets:
+                entry["servers"].append(
+                    _measure_server(
+                        args, runtime, entry, model, name, cpus, requests, uploads, steps
+                    )
                 )
-                ceiling = server["ceiling"]["ceiling_images_per_s"]
-            with running(SERVERS[name], model, log_path) as started:
-                server["ready_s"] = round(started.ready_s, 1)
-                for concurrency in args.concurrency:
-                    steps.set_postfix_str(f"{label} {name} C={concurrency}")
-                    result = asyncio.run(
-                        run_load(
-                            started.base_url + "/classify",
-                            uploads,
-                            concurrency,
-                            args.duration,
-                            warmup_s=args.warmup,
-                            max_requests=args.max_requests,
-                            server_pid=started.pid,
-                        )
-                    )
-                    point = result.summary()
-                    point["ratio_to_ceiling"] = (
-                        round(result.throughput / ceiling, 3) if ceiling else None
-                    )
-                    server["points"].append(point)
-                    steps.update()
-                    logger.info("%s %s C=%d: %s", label, name, concurrency, point)
-            entry["servers"].append(server)
         runtime.close()
         del runtime
         gc.collect()

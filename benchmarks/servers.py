@@ -28,11 +28,16 @@ class ServerKind:
     description: str
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # processes that each load the model (per-worker figures divide by it)
 
     def command(self, model: BenchModel, port: int) -> list[str]:
         if self.name.startswith("bentoml"):
             return bentoml_serve_command(port=port)
-        module = {"fastapi-naive": "naive_fastapi", "litserve": "litserve_app"}[self.name]
+        module = {
+            "fastapi-naive": "naive_fastapi",
+            "litserve": "litserve_app",
+            "litserve-ours": "litserve_ours",
+        }[self.name]
         return [sys.executable, "-m", f"benchmarks.peers.{module}",
                 "--artifact", str(model.artifact_dir), "--port", str(port)]  # fmt: skip
 
@@ -59,6 +64,14 @@ SERVERS: dict[str, ServerKind] = {
             {"CLASSIFIER_BATCHING": "false"},
         ),
         ServerKind(
+            "bentoml-2w",
+            "this project's service with two workers sharing the device "
+            "(BentoML workers: 2, each loads the model)",
+            "/readyz",
+            {"BENTOML_CONFIG_OPTIONS": "services.image_classifier.workers=2"},
+            workers=2,
+        ),
+        ServerKind(
             "fastapi-naive",
             "hand-rolled FastAPI/uvicorn, PIL + timm transform, fp32, one forward per request",
             "/healthz",
@@ -66,6 +79,12 @@ SERVERS: dict[str, ServerKind] = {
         ServerKind(
             "litserve",
             "LitServe batching (max_batch_size=8, batch_timeout=10 ms), PIL + timm transform, fp32",
+            "/health",
+        ),
+        ServerKind(
+            "litserve-ours",
+            "LitServe around this project's runtime (same Predictor, precision, reduced decode "
+            "and largest batch as ours; batch_timeout=10 ms): the framework is the difference",
             "/health",
         ),
     )
@@ -79,12 +98,19 @@ class RunningServer(NamedTuple):
 
 
 @contextlib.contextmanager
-def running(kind: ServerKind, model: BenchModel, log_path: Path) -> Iterator[RunningServer]:
-    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready, pid)``."""
+def running(
+    kind: ServerKind, model: BenchModel, log_path: Path, *, cpus: str | None = None
+) -> Iterator[RunningServer]:
+    """Start ``kind`` serving ``model``; yield ``(base_url, seconds_until_ready, pid)``.
+
+    ``cpus`` (``taskset -c`` syntax, e.g. ``0`` or ``0,1``) pins the server and every process it
+    starts to those cores: the core-scaling measurement.
+    """
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
+    pin = ["taskset", "-c", cpus] if cpus else []
     with running_server(
-        kind.command(model, port),
+        [*pin, *kind.command(model, port)],
         url=base,
         env={**os.environ, "CLASSIFIER_MODEL_TAG": model.bento_tag, **kind.env},
         log_path=log_path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -48,16 +48,38 @@ class Upload:
     jpeg: bytes
     body: bytes
     content_type: str
+    images: int = 1  # images in ``body``; ``name``, ``width``, ``height``, ``jpeg``: the first
 
 
-def multipart_body(filename: str, jpeg: bytes) -> tuple[bytes, str]:
+def bundle(uploads: list[Upload], per_request: int) -> list[Upload]:
+    """Requests of ``per_request`` images each (``len(uploads)`` of them, each starting at the
+    next upload, so every image leads once): the multi-image workload."""
+    if per_request <= 1:
+        return uploads
+    requests = []
+    for start in range(len(uploads)):
+        members = [uploads[(start + i) % len(uploads)] for i in range(per_request)]
+        body, content_type = multipart_body([(m.name, m.jpeg) for m in members])
+        requests.append(
+            replace(members[0], body=body, content_type=content_type, images=per_request)
+        )
+    return requests
+
+
+def multipart_body(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """One multipart body with every ``(filename, jpeg)`` under the ``images`` field."""
     boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="{FIELD_NAME}"; filename="{filename}"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-    return head + jpeg + f"\r\n--{boundary}--\r\n".encode(), (
+    parts = [
+        (
+            f"--{boundary}\r\n"
+            f'Content-Disposition: form-data; name="{FIELD_NAME}"; filename="{filename}"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + b"\r\n"
+        for filename, jpeg in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), (
         f"multipart/form-data; boundary={boundary}"
     )
 
@@ -71,6 +93,6 @@ def make_uploads(
         for width, height in sizes:
             name = f"photo-{width}x{height}-{index}.jpg"
             jpeg = photo_like_jpeg(width, height, seed=1000 * index + width)
-            body, content_type = multipart_body(name, jpeg)
+            body, content_type = multipart_body([(name, jpeg)])
             uploads.append(Upload(name, width, height, jpeg, body, content_type))
     return uploads

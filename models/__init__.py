@@ -6,7 +6,7 @@ ships as its code, and what a newcomer reads to know what a model is.
 """
 
 from .artifact import ArtifactError, ModelSpec, load_artifact, read_spec, save_artifact
-from .device import DevicePlan, choose_device
+from .device import DevicePlan, WorkerSlot, choose_device, gpu_for_worker
 from .factory import create_classifier
 from .image_io import ImageDecodeError, load_image
 from .labels import LabelScore, LabelSet, Task
@@ -23,10 +23,12 @@ __all__ = [
     "Predictor",
     "PreprocessConfig",
     "Task",
+    "WorkerSlot",
     "choose_device",
     "create_classifier",
     "create_eval_transform",
     "create_train_transform",
+    "gpu_for_worker",
     "load_artifact",
     "load_image",
     "read_spec",

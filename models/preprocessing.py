@@ -121,12 +121,54 @@ class EvalPreprocessing:
             raise ValueError("image was prepared for a different model's preprocessing")
         return prepared_for == self._key
 
-    def to_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Normalised float batch; images not yet prepared are prepared here."""
-        pixels = np.stack([np.asarray(self.prepare(_rgb(image))) for image in images])
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # NHWC memory = channels_last
+    @property
+    def supports_tensors(self) -> bool:
+        """Whether :meth:`prepare_tensor` can run this geometry (torchvision's Resize and
+        CenterCrop, any interpolation but lanczos); timm's keep-ratio and pad steps are PIL-only."""
+        kinds = [type(step).__name__ for step in self._geometry]
+        lanczos = "lanczos" in self.config.interpolation
+        return kinds == ["Resize", "CenterCrop"] and not lanczos
+
+    def prepare_tensor(self, image: torch.Tensor) -> torch.Tensor:
+        """Resize and crop a uint8 ``(3, H, W)`` RGB tensor to the model's input size on its own
+        device, with the steps :meth:`prepare` runs (antialiased, so it matches PIL's resize to
+        rounding, not bit for bit)."""
+        if not self.supports_tensors:
+            raise ValueError(f"{self._geometry} cannot run on tensors: use prepare()")
+        for step in self._geometry:
+            image = step(image)
+        return image
+
+    def to_batch(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """Normalised float batch, channels-last; images not yet prepared are prepared here.
+
+        Tensors are prepared uint8 ``(3, H, W)`` ones (:meth:`prepare_tensor`); a batch holding
+        any is built on their device (the model's: tensors decoded on a GPU stay there).
+        """
+        if any(isinstance(image, torch.Tensor) for image in images):
+            batch = self._stack_mixed(images)
+        else:
+            pixels = np.stack([np.asarray(self.prepare(_rgb(image))) for image in images])
+            batch = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # NHWC memory = channels_last
         # Same operations, in the same order, as to_tensor + Normalize: bit-identical results.
-        return batch.float().div_(255).sub_(self._mean).div_(self._std)
+        mean, std = self._mean.to(batch.device), self._std.to(batch.device)
+        return batch.float().div_(255).sub_(mean).div_(std)
+
+    def _stack_mixed(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """uint8 ``(N, C, H, W)`` with NHWC memory, on the tensors' device."""
+        [device] = {image.device for image in images if isinstance(image, torch.Tensor)}
+        shape = tuple(self.config.input_size)
+        pixels = []
+        for image in images:
+            if isinstance(image, torch.Tensor):
+                if tuple(image.shape) != shape or image.dtype != torch.uint8:
+                    raise ValueError(f"expected a prepared uint8 {shape} tensor, got "
+                                     f"{image.dtype} {tuple(image.shape)}")  # fmt: skip
+                pixels.append(image.permute(1, 2, 0))
+            else:
+                array = np.array(self.prepare(_rgb(image)))  # writable: torch refuses read-only
+                pixels.append(torch.from_numpy(array).to(device))
+        return torch.stack(pixels).permute(0, 3, 1, 2)
 
 
 # Attribute set on images prepared by EvalPreprocessing: the preprocessing they were prepared for.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import bentoml
+import torch
 from PIL import Image
 
 from models.artifact import stored_artifact_dir
@@ -20,7 +21,7 @@ from .model_store import FIX_THE_MODEL, ServedModel
 from .parsing import fix_response_media_type, install_request_parsing
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
-from .settings import SERVICE_NAME, ServingSettings
+from .settings import SERVICE_NAME, ServingSettings, worker_slot
 from .telemetry import install as install_metrics
 
 logger = logging.getLogger("bentoml.image_classifier")
@@ -53,7 +54,14 @@ class ServedClassifier:
         namespace = service_config.get("metrics", {}).get("namespace", SERVICE_NAME)
         metrics = install_metrics(namespace, model_info_labels=_MODEL_INFO_LABELS)
         try:
-            runtime = build_runtime(settings, stored_artifact_dir(stored.path), metrics=metrics)
+            runtime = build_runtime(
+                settings,
+                stored_artifact_dir(stored.path),
+                metrics=metrics,
+                worker=worker_slot(
+                    service_config, worker_index=bentoml.server_context.worker_index
+                ),
+            )
         except Exception as exc:
             raise RuntimeError(
                 f"model {model.tag} in the BentoML store ({stored.path}) could not be loaded: "
@@ -89,7 +97,7 @@ class ServedClassifier:
     def close(self) -> None:
         self.runtime.close()
 
-    async def classify(self, images: list[Image.Image]) -> list[Classification]:
+    async def classify(self, images: list[Image.Image | torch.Tensor]) -> list[Classification]:
         results = await self.runtime.classify(images)
         return [Classification(labels=labels, model=self.model) for labels in results]
 

@@ -16,10 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from models.image_io import ImageDecodeError, finish_decode, load_image, open_image
 from models.preprocessing import EvalPreprocessing
+from models.tensor_decode import JpegHeader, decode_jpegs, pixel_chunks, tensor_header
 
 from .settings import ServingSettings
 from .telemetry import NO_METRICS, ServiceMetrics
@@ -61,9 +63,12 @@ class RequestAbandonedError(Exception):
 @dataclass(frozen=True)
 class DecodedImage:
     """An upload already decoded (and prepared) by a :class:`RequestDecoder`. Only server code
-    builds one, so request validation passes it through instead of decoding it again."""
+    builds one, so request validation passes it through instead of decoding it again.
 
-    image: Image.Image
+    ``image`` is a PIL image, or with the torchvision JPEG decoder a prepared uint8 ``(3, H, W)``
+    tensor on the model's device (``EvalPreprocessing.to_batch`` takes both)."""
+
+    image: Image.Image | torch.Tensor
 
 
 class RequestDecoder:
@@ -76,6 +81,10 @@ class RequestDecoder:
     while it decodes (Pillow's codecs release the GIL). One thread (the default) keeps decoding
     serial, so it does not crowd out the forward pass on small CPUs (docs/reliability.md);
     more let several requests decode at once on hosts with cores to spare.
+
+    With a ``tensor_device`` (``jpeg_decoder``), a request's JPEGs decode in one batched
+    torchvision call on that device (nvjpeg on CUDA) instead, prepared there; other formats,
+    and JPEGs torchvision fails on, still decode with PIL.
     """
 
     def __init__(
@@ -86,9 +95,13 @@ class RequestDecoder:
         reduced_jpeg_decode: bool = True,
         threads: int = 1,
         metrics: ServiceMetrics = NO_METRICS,
+        tensor_device: torch.device | None = None,
     ) -> None:
+        if tensor_device is not None and not (preprocessing and preprocessing.supports_tensors):
+            raise ValueError("the torchvision JPEG decoder needs a tensor-capable preprocessing")
         self.limits = limits
         self.preprocessing = preprocessing
+        self.tensor_device = tensor_device
         reduced = preprocessing is not None and reduced_jpeg_decode
         self.min_size = preprocessing.config.resize_size if reduced else None
         self.metrics = metrics
@@ -101,6 +114,7 @@ class RequestDecoder:
         *,
         preprocessing: EvalPreprocessing | None = None,
         metrics: ServiceMetrics = NO_METRICS,
+        tensor_device: torch.device | None = None,
     ) -> RequestDecoder:
         return cls(
             limits=DecodeLimits.from_settings(settings),
@@ -108,6 +122,7 @@ class RequestDecoder:
             reduced_jpeg_decode=settings.reduced_jpeg_decode,
             threads=settings.decode_threads,
             metrics=metrics,
+            tensor_device=tensor_device,
         )
 
     def check_count(self, uploads: list[Any]) -> None:
@@ -135,27 +150,67 @@ class RequestDecoder:
         Two passes, one image open at a time. First every header is read (accepted formats
         only), each image checked against the per-image limits and all of them against
         ``max_request_pixels``, so a request over budget costs no decoding. Then each image is
-        opened again, decoded, resized and closed. Before each open the request's CPU time
-        (``cpu_budget_s``) and ``abandoned`` (set when the request timed out) are checked. CPU
-        time is the calling thread's.
+        opened again, decoded, resized and closed; with a ``tensor_device`` the JPEGs first
+        decode together (in chunks of at most ``_chunk_pixels``). Before each open or chunk the
+        request's CPU time (``cpu_budget_s``) and ``abandoned`` (set when the request timed out)
+        are checked. CPU time is the calling thread's.
         """
         started = time.thread_time()
         files = [(_safe_name(upload), _upload_bytes(upload)) for upload in uploads]
-        pixels = 0
+        pixels, headers = 0, []
         for name, data in files:
             self._check_budget(started, abandoned)
             with _named(name), self._open(data) as image:
                 pixels += image.width * image.height
+                headers.append(tensor_header(image) if self.tensor_device else None)
         self._check_request_pixels(len(files), pixels)
-        decoded = []
-        for name, data in files:
+        decoded: list[Image.Image | torch.Tensor | None] = [None] * len(files)
+        on_tensors = [index for index, header in enumerate(headers) if header is not None]
+        for chunk in pixel_chunks([headers[i] for i in on_tensors], max_pixels=self._chunk_pixels):
             self._check_budget(started, abandoned)
-            with self.metrics.time_decode(), _named(name), self._open(data) as image:
-                result = finish_decode(image)
-                if self.preprocessing is not None:
-                    result = self.preprocessing.prepare(result)
-            decoded.append(DecodedImage(result))
-        return decoded
+            indices = [on_tensors[i] for i in chunk]
+            self._decode_tensors(indices, files=files, headers=headers, into=decoded)
+        for index, (name, data) in enumerate(files):
+            if decoded[index] is None:  # not a JPEG for torchvision, or one it failed on
+                self._check_budget(started, abandoned)
+                decoded[index] = self._decode_pil(name, data)
+        return [DecodedImage(image) for image in decoded if image is not None]
+
+    def _decode_pil(self, name: str | None, data: bytes) -> Image.Image:
+        with self.metrics.time_decode(), _named(name), self._open(data) as image:
+            result = finish_decode(image)
+            return self.preprocessing.prepare(result) if self.preprocessing else result
+
+    def _decode_tensors(
+        self,
+        indices: list[int],
+        *,
+        files: list[tuple[str | None, bytes]],
+        headers: list[JpegHeader | None],
+        into: list[Image.Image | torch.Tensor | None],
+    ) -> None:
+        """Decode the JPEGs at ``indices`` in one batched call; failures stay None (PIL's)."""
+        assert self.preprocessing is not None and self.tensor_device is not None
+        began = time.perf_counter()
+        images = decode_jpegs(
+            [files[index][1] for index in indices],
+            orientations=[headers[index].orientation for index in indices],  # type: ignore[union-attr]
+            preprocessing=self.preprocessing,
+            device=self.tensor_device,
+        )
+        # The histogram is per image: each gets its share of the batched call.
+        if self.metrics.decode_seconds is not None:
+            share = (time.perf_counter() - began) / len(indices)
+            for _ in indices:
+                self.metrics.decode_seconds.observe(share)
+        for index, image in zip(indices, images, strict=True):
+            into[index] = image
+
+    @property
+    def _chunk_pixels(self) -> int:
+        """Full-size pixels one batched decode may hold: the request's budget (whose count, for
+        reduced JPEG decodes, is smaller than what torchvision decodes), at least one image."""
+        return max(self.limits.max_request_pixels, self.limits.max_pixels)
 
     def decode_one(self, data: bytes) -> Image.Image:
         """One encoded image, decoded and prepared as a request's would be (in-process use:

@@ -6,11 +6,14 @@ agreement test all use, so they measure and check exactly what is served.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
+from models.device import WorkerSlot
 from models.labels import LabelScore, Task
 from models.predictor import Predictor
 
@@ -18,6 +21,8 @@ from .decoding import RequestDecoder
 from .settings import ServingSettings
 from .telemetry import NO_METRICS, ServiceMetrics
 from .torch_thread import TorchThread
+
+logger = logging.getLogger(__name__)
 
 
 def warmup_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -41,12 +46,13 @@ class Runtime:
     metrics: ServiceMetrics
     owns_torch_thread: bool = True
 
-    async def classify(self, images: list[Image.Image]) -> list[list[LabelScore]]:
+    async def classify(self, images: list[Image.Image | torch.Tensor]) -> list[list[LabelScore]]:
         """One batch, on the torch thread, without blocking the event loop."""
         return await self.torch_thread.run(self.classify_batch, images)
 
-    def classify_batch(self, images: list[Image.Image]) -> list[list[LabelScore]]:
-        """One batch on the calling thread (call it on the torch thread)."""
+    def classify_batch(self, images: list[Image.Image | torch.Tensor]) -> list[list[LabelScore]]:
+        """One batch on the calling thread (call it on the torch thread). Images are PIL ones or
+        prepared tensors on the model's device (``jpeg_decoder``), mixed as decoding left them."""
         with self.metrics.time_preprocess():
             batch = self.predictor.preprocess(images)
         with self.metrics.time_forward():
@@ -72,6 +78,7 @@ def build_runtime(
     metrics: ServiceMetrics = NO_METRICS,
     warmup: bool = True,
     torch_thread: TorchThread | None = None,
+    worker: WorkerSlot | None = None,
 ) -> Runtime:
     """Load the artifact on a new torch thread, build its request decoder and warm it up for
     the batch sizes adaptive batching will form. Loading errors propagate unchanged.
@@ -79,6 +86,7 @@ def build_runtime(
     In-process users that run other torch work (the benchmark prepares models) pass their own
     ``torch_thread`` and do all of it there: a second thread running torch ops slows both
     (serving/torch_thread.py), and the runtime would then measure slower than it serves.
+    ``worker`` places a served worker on one of several GPUs (models/device.py).
     """
     owns_torch_thread = torch_thread is None
     torch_thread = torch_thread or TorchThread()
@@ -88,6 +96,8 @@ def build_runtime(
             artifact_dir,
             device=settings.device,
             precision=settings.precision,
+            worker=worker,
+            compile_mode=settings.compile_mode,
         )
         max_batch_size = settings.batch_size_limit()
         if warmup:
@@ -97,7 +107,10 @@ def build_runtime(
             torch_thread.close()
         raise
     decoder = RequestDecoder.from_settings(
-        settings, preprocessing=predictor.preprocessing, metrics=metrics
+        settings,
+        preprocessing=predictor.preprocessing,
+        metrics=metrics,
+        tensor_device=jpeg_decode_device(settings.jpeg_decoder, predictor=predictor),
     )
     return Runtime(
         predictor=predictor,
@@ -107,3 +120,22 @@ def build_runtime(
         metrics=metrics,
         owns_torch_thread=owns_torch_thread,
     )
+
+
+def jpeg_decode_device(choice: str, *, predictor: Predictor) -> torch.device | None:
+    """Where torchvision decodes JPEG uploads (``jpeg_decoder``), or None for PIL.
+
+    ``auto`` takes nvjpeg on a CUDA model only: on a CPU, PIL's reduced-size DCT decode does
+    less work than torchvision's full decode and resize (docs/performance.md).
+    """
+    device = predictor.plan.device
+    wanted = choice == "torchvision" or (choice == "auto" and device.type == "cuda")
+    if wanted and not predictor.preprocessing.supports_tensors:
+        logger.warning(
+            "jpeg_decoder=%s: this model's resize/crop (%s) runs on PIL images only; "
+            "decoding JPEGs with PIL",
+            choice,
+            predictor.spec.preprocessing.crop_mode,
+        )
+        return None
+    return device if wanted else None

@@ -6,6 +6,7 @@ from these descriptions (``python -m devtools.settings_table``), and a test keep
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from models.compiling import CompileMode
+from models.device import WorkerSlot
 from models.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 ENV_PREFIX = "CLASSIFIER_"
@@ -45,6 +48,22 @@ def load_service_config(path: Path) -> dict[str, Any]:
     return dict(section or {})
 
 
+def worker_slot(service_config: dict[str, Any], *, worker_index: int | None) -> WorkerSlot:
+    """This worker's place among the service's GPUs, from ``configuration.yaml``.
+
+    ``workers`` over ``resources.gpu`` workers share each GPU (2 workers and ``gpu: 1``: both
+    on it; 4 and ``gpu: 4``: one each); without ``resources.gpu``, one worker per visible GPU,
+    round robin. ``worker_index`` is BentoML's 1-based worker index (None outside a served
+    worker: worker 1).
+    """
+    workers = service_config.get("workers", 1)
+    gpus = (service_config.get("resources") or {}).get("gpu")
+    per_gpu = 1
+    if isinstance(workers, int) and isinstance(gpus, int | float) and gpus >= 1:
+        per_gpu = math.ceil(workers / int(gpus))
+    return WorkerSlot(index=worker_index or 1, per_gpu=per_gpu)
+
+
 class ServingSettings(BaseModel):
     """Settings the service needs before BentoML's own configuration applies.
 
@@ -62,6 +81,12 @@ class ServingSettings(BaseModel):
         "auto",
         description="forward-pass precision; auto: bf16/fp16 autocast on CUDA, bf16 on CPUs "
         "with native bf16 (AVX512-BF16/AMX), fp32 elsewhere",
+    )
+    compile_mode: CompileMode = Field(
+        "off",
+        description="CUDA only: torch.compile the model for the warm-up batch sizes "
+        "(reduce-overhead or max-autotune: CUDA graphs; longer start-up) and pad each batch "
+        "to the next of them; on a CPU it is logged and ignored (docs/performance.md)",
     )
     batching: bool = Field(
         True, description="adaptive batching; off: each request's images form their own batch"
@@ -130,6 +155,13 @@ class ServingSettings(BaseModel):
         le=64,
         description="threads per worker that decode requests' uploads (each request on one "
         "thread, never on the event loop); more let requests decode in parallel on more cores",
+    )
+    jpeg_decoder: Literal["auto", "pil", "torchvision"] = Field(
+        "auto",
+        description="who decodes JPEG uploads: pil (one at a time, reduced-size DCT decode); "
+        "torchvision (each request's JPEGs in one batched call on the model's device, nvjpeg "
+        "on CUDA, resized there; other formats and failures via PIL); auto: torchvision on "
+        "CUDA, pil on CPU (faster there)",
     )
 
     def batch_size_limit(self) -> int:

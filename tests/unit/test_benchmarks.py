@@ -10,12 +10,12 @@ import pytest
 from aiohttp import web
 
 from benchmarks import ceiling, report
-from benchmarks.__main__ import build_parser, parse_image_sizes
+from benchmarks.__main__ import build_parser, parse_cpu_sets, parse_image_sizes
 from benchmarks.cpu import per_request_ms, tree_cpu_seconds
 from benchmarks.loadgen import _sample_window, check_loopback, run_load
 from benchmarks.model import PRESETS, bento_model_name, resolve
 from benchmarks.targets import evaluate
-from benchmarks.workload import make_uploads
+from benchmarks.workload import bundle, make_uploads
 from models.artifact import ModelSpec, save_artifact
 from models.factory import create_classifier
 from models.labels import Task
@@ -82,7 +82,7 @@ def test_markdown_report_names_the_command_machine_and_every_point():
     assert row.endswith("| 12.35 | 0.50 | 0 |"), row
     # Results written before the CPU columns existed still render.
     del results["models"][0]["servers"][0]["points"][0]["server_cpu_ms_per_request"]
-    assert "| bentoml | 1 | 18.0 | - | 50.0 | 60.0 | 70.0 | - | 0.50 | 0 |" in report.markdown(
+    assert "| bentoml | 1 | 18.0 | - | - | 50.0 | 60.0 | 70.0 | - | 0.50 | 0 |" in report.markdown(
         results
     )
 
@@ -95,15 +95,18 @@ def test_the_near_no_op_model_is_named_honestly_and_judged_per_worker():
     )
     target = next(t for t in evaluate(entry) if "near-no-op" in t["target"])
     assert target["met"] is False
-    assert (
-        target["measured"] == "28.0 req/s per worker (bentoml, C=32), server CPU 12.35 ms/request"
+    assert target["measured"] == (
+        "28.0 req/s per worker (bentoml, 1 worker(s), C=32), server CPU 12.35 ms/request"
     )
     assert not any("near-no-op" in t["target"] for t in evaluate(_entry(28.0)))
     # Judged on the best of our configurations, the fp32 one alone included.
     fp32_only = {**entry, "servers": [{**entry["servers"][0], "name": "bentoml-fp32"}]}
     assert [t["measured"] for t in evaluate(fp32_only)] == [
-        "28.0 req/s per worker (bentoml-fp32, C=32), server CPU 12.35 ms/request"
+        "28.0 req/s per worker (bentoml-fp32, 1 worker(s), C=32), server CPU 12.35 ms/request"
     ]
+    two_workers = {**entry, "servers": [{**entry["servers"][0], "name": "bentoml-2w",
+                                         "workers": 2}]}  # fmt: skip
+    assert evaluate(two_workers)[0]["measured"].startswith("14.0 req/s per worker (bentoml-2w")
     results = {
         "started_at": "2026-01-01T00:00:00Z", "command": "x",
         "machine": {"cpu": "x", "cores": 2, "memory_gib": 8, "gpu": None, "python": "3.11",
@@ -252,3 +255,65 @@ def test_torch_thread_runs_everything_on_one_thread():
     assert first != threading.get_ident()
     assert asyncio.run(runner.run(threading.get_ident)) == first
     runner.close()
+
+
+def _points(rps_by_c: dict[int, float], **extra) -> list[dict]:
+    return [
+        {"concurrency": c, "throughput_rps": rps, "p50_ms": 50.0, "errors": {}, "duration_s": 10.0,
+         **extra}
+        for c, rps in rps_by_c.items()
+    ]  # fmt: skip
+
+
+def test_the_fair_peer_and_the_latency_slack_of_two_ms():
+    entry = _entry(28.0)
+    entry["servers"].append({"name": "litserve-ours", "points": _points({32: 24.0})})
+    met = {t["target"]: t for t in evaluate(entry)}
+    assert met[">= 1.2x litserve-ours at C=32"]["met"] is False  # 28 / 24 = 1.17
+    entry["servers"][-1]["points"] = _points({32: 23.0})
+    assert {t["target"]: t["met"] for t in evaluate(entry)}[">= 1.2x litserve-ours at C=32"]
+    # A 5 ms single image: 10% is 0.5 ms, so the 2 ms floor applies (limit 7 ms).
+    fast = _entry(28.0)
+    fast["servers"][0]["ceiling"]["single_image_ms_p50"] = 5.0
+    fast["servers"][0]["points"][0]["p50_ms"] = 6.9
+    latency = next(t for t in evaluate(fast) if t["target"].startswith("p50 at C=1"))
+    assert latency["met"] and "limit 7.0" in latency["measured"]
+
+
+def test_a_multi_image_request_is_judged_against_the_same_batch_in_process():
+    entry = _entry(28.0)
+    entry["ceiling"]["images_per_s_by_batch"] = {"1": 20.0, "16": 40.0}  # 16 images: 400 ms
+    for point in entry["servers"][0]["points"]:
+        point["images_per_request"] = 16
+    entry["servers"][0]["points"][0]["p50_ms"] = 470.0
+    targets = {t["target"]: t for t in evaluate(entry)}
+    multi = targets["a 16-image request costs <= 1.2x 16 images in-process (batch 16)"]
+    assert multi["met"] and multi["measured"] == "470.0 ms (p50, C=1) vs 400.0 ms = 1.18x"
+    # The single-image targets do not apply to a multi-image run.
+    assert not any(t.startswith(("saturation", "p50 at C=1")) for t in targets)
+
+
+def test_core_scaling_takes_the_clients_cpu_out_of_the_two_core_run():
+    entry = {"servers": [
+        {"name": "bentoml", "cpus": "0", "points": _points({32: 100.0}, client_cpu_s=1.0)},
+        {"name": "bentoml", "cpus": "0,1", "points": _points({32: 171.0}, client_cpu_s=1.0)},
+    ]}  # fmt: skip
+    (scaling,) = evaluate(entry)
+    # The client used 0.1 of the 2 cores: 171 * 2 / 1.9 = 180 -> 1.80x.
+    assert scaling["met"] and scaling["measured"].endswith(
+        "(180.0 without the client's CPU) = 1.80x"
+    )
+    entry["servers"][1]["points"] = _points({32: 150.0}, client_cpu_s=0.0)
+    assert evaluate(entry)[0]["met"] is False
+
+
+def test_multi_image_bodies_and_core_sets():
+    uploads = make_uploads(((64, 48),), per_size=3)
+    requests = bundle(uploads, 2)
+    assert len(requests) == 3 and all(r.images == 2 for r in requests)
+    assert requests[2].body.count(b'name="images"') == 2 and uploads[0].jpeg in requests[2].body
+    assert bundle(uploads, 1) is uploads
+    assert parse_cpu_sets("0; 0,1") == ["0", "0,1"]
+    for bad in ("", "x", "0;999"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_cpu_sets(bad)

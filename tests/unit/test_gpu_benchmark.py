@@ -10,7 +10,7 @@ from pathlib import Path
 
 # gpu_measure imports torch and timm: here, at collection, because torch's first import runs
 # ldconfig, a process the unit tier refuses inside a test.
-from benchmarks import gpu, gpu_measure
+from benchmarks import gpu, gpu_compile, gpu_measure, gpu_report
 from benchmarks.__main__ import build_parser
 
 from ..conftest import PROJECT_ROOT
@@ -107,6 +107,9 @@ def test_a_quick_cpu_run_writes_every_section_with_numbers(tmp_path, capsys, mon
         (d, b) for d in ("fp32", "bf16", "fp16") for b in (1, 4)
     }
     assert all(_numbers(p["forward"]) and _numbers(p["end_to_end"]) for p in model["points"])
+    assert set(model["recommended_max_batch_size"]) == {"fp32", "bf16", "fp16"}
+    [compiled] = results["compiled"]
+    assert "need a GPU" in compiled["skipped"]
 
     sizes = results["decode"]["sizes"]
     assert set(sizes) == {"500x375", "1024x768"}
@@ -125,6 +128,52 @@ def test_a_quick_cpu_run_writes_every_section_with_numbers(tmp_path, capsys, mon
     text = md_path.read_text()
     assert "Device: **cpu**" in text
     assert "nvjpeg (torchvision.io.decode_jpeg on CUDA) needs a GPU" in text
+    assert "Recommended `CLASSIFIER_MAX_BATCH_SIZE`" in text
+    assert "CUDA graphs (reduce-overhead) need a GPU" in text
+    assert "| test_resnet | " in text.split("## Agree")[1]  # the agreement table's rows
     for heading in ("## Ceiling by batch size", "### test_resnet", "## JPEG decode", "## Agree"):
         assert heading in text
     assert text in capsys.readouterr().out
+
+
+def _point(dtype: str, batch_size: int, images_per_s: float) -> dict:
+    return {"dtype": dtype, "batch_size": batch_size, "forward": {"images_per_s": images_per_s}}
+
+
+def test_the_recommended_batch_is_the_smallest_within_95_percent_of_the_best():
+    model = {"points": [
+        _point("bf16", 1, 300.0), _point("bf16", 32, 2900.0), _point("bf16", 64, 3000.0),
+        _point("bf16", 128, 2990.0), _point("fp16", 1, 100.0),
+        {"dtype": "fp16", "batch_size": 8, "skipped": "time budget"},
+        {"dtype": "fp32", "batch_size": 1, "error": "out of memory"},
+    ]}  # fmt: skip
+    chosen = gpu_report.recommended_batch_sizes(model)
+    assert chosen["bf16"] == {
+        "batch_size": 32, "images_per_s": 2900.0, "best_batch_size": 64, "best_images_per_s": 3000.0
+    }  # fmt: skip
+    assert chosen["fp16"]["batch_size"] == 1 and "fp32" not in chosen
+
+
+def test_the_compiled_measurement_and_its_table(monkeypatch):
+    # The compiled module is the eager one here: the measuring code runs, CUDA graphs need a GPU.
+    model = gpu_measure.torch.nn.Conv2d(3, 4, 3)
+    point = {"batch_size": 2}
+    budget = gpu_measure.Budget.of(30.0)
+    timing = gpu_measure.Timing(warmup_s=0.0, measure_s=0.01)
+    cpu = gpu_measure.torch.device("cpu")
+    gpu_compile._measure(
+        model, model, point, device=cpu, dtype="fp32", input_size=(3, 8, 8), timing=timing,
+        budget=budget,
+    )  # fmt: skip
+    assert _numbers(point["eager"]) and _numbers(point["compiled"])
+    assert point["speedup"] > 0 and point["compile_s"] >= 0
+    results = {
+        "settings": {"compiled_s": 90.0},
+        "compiled": [
+            {"architecture": "m", "dtype": "bf16", "points": [point, {"batch_size": 32,
+             "skipped": "time budget"}], "note": "compile failed: x"},
+        ],
+    }  # fmt: skip
+    text = "\n".join(gpu_report._compiled(results))
+    assert "| m | bf16 | 2 |" in text and "| m | bf16 | 32 | skipped |" in text
+    assert "- m: compile failed: x" in text and "90.0 s budget" in text

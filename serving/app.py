@@ -4,6 +4,7 @@ request-path protections wired around the class."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from .model_store import FIX_THE_MODEL, ServedModel
 from .parsing import fix_response_media_type, install_request_parsing
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
-from .settings import SERVICE_NAME, ServingSettings, worker_slot
+from .settings import SERVICE_NAME, ServingSettings, torch_threads_per_worker, worker_slot
 from .telemetry import install as install_metrics
 
 logger = logging.getLogger("bentoml.image_classifier")
@@ -53,14 +54,15 @@ class ServedClassifier:
         model = model_ref(str(stored.tag), stored.info.labels)
         namespace = service_config.get("metrics", {}).get("namespace", SERVICE_NAME)
         metrics = install_metrics(namespace, model_info_labels=_MODEL_INFO_LABELS)
+        effective = effective_service_config(service_config)
         try:
             runtime = build_runtime(
                 settings,
                 stored_artifact_dir(stored.path),
                 metrics=metrics,
-                worker=worker_slot(
-                    service_config, worker_index=bentoml.server_context.worker_index
-                ),
+                worker=worker_slot(effective, worker_index=bentoml.server_context.worker_index),
+                torch_threads=settings.torch_threads
+                or torch_threads_per_worker(effective, usable_cores=len(os.sched_getaffinity(0))),
             )
         except Exception as exc:
             raise RuntimeError(
@@ -128,6 +130,19 @@ _MODEL_INFO_LABELS = (
     "task",
     "device",
 )
+
+
+def effective_service_config(service_config: dict[str, Any]) -> dict[str, Any]:
+    """This service's BentoML configuration as BentoML resolved it: ``configuration.yaml``
+    (``service_config``) with ``BENTOML_CONFIG_OPTIONS`` / ``BENTOML_CONFIG`` applied, which is
+    where ``workers`` may have been overridden. Outside a served worker, ``service_config``."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    try:
+        resolved = BentoMLContainer.config.services[SERVICE_NAME].get()
+    except (KeyError, AttributeError, TypeError):
+        return service_config
+    return dict(resolved) if isinstance(resolved, dict) and resolved else service_config
 
 
 def current_decoder() -> RequestDecoder:

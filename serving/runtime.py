@@ -79,6 +79,7 @@ def build_runtime(
     warmup: bool = True,
     torch_thread: TorchThread | None = None,
     worker: WorkerSlot | None = None,
+    torch_threads: int | None = None,
 ) -> Runtime:
     """Load the artifact on a new torch thread, build its request decoder and warm it up for
     the batch sizes adaptive batching will form. Loading errors propagate unchanged.
@@ -86,11 +87,15 @@ def build_runtime(
     In-process users that run other torch work (the benchmark prepares models) pass their own
     ``torch_thread`` and do all of it there: a second thread running torch ops slows both
     (serving/torch_thread.py), and the runtime would then measure slower than it serves.
-    ``worker`` places a served worker on one of several GPUs (models/device.py).
+    ``worker`` places a served worker on one of several GPUs (models/device.py);
+    ``torch_threads`` sets torch's intra-op threads (on the torch thread, whose OpenMP team they
+    are) before the model loads; None leaves torch's default (all usable cores).
     """
     owns_torch_thread = torch_thread is None
     torch_thread = torch_thread or TorchThread()
     try:
+        if torch_threads is not None:
+            torch_thread.call(torch.set_num_threads, torch_threads)
         predictor = torch_thread.call(
             Predictor.from_artifact,
             artifact_dir,

@@ -64,6 +64,15 @@ def worker_slot(service_config: dict[str, Any], *, worker_index: int | None) -> 
     return WorkerSlot(index=worker_index or 1, per_gpu=per_gpu)
 
 
+def torch_threads_per_worker(service_config: dict[str, Any], *, usable_cores: int) -> int:
+    """Each worker's share of the cores (``workers`` from the effective BentoML configuration;
+    ``cpu_count`` means one worker per core)."""
+    workers = service_config.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        return 1
+    return max(1, usable_cores // workers)
+
+
 class ServingSettings(BaseModel):
     """Settings the service needs before BentoML's own configuration applies.
 
@@ -155,6 +164,14 @@ class ServingSettings(BaseModel):
         le=64,
         description="threads per worker that decode requests' uploads (each request on one "
         "thread, never on the event loop); more let requests decode in parallel on more cores",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="torch intra-op threads per worker; default: the cores this process may "
+        "use divided by the service's workers, at least 1, so that workers do not oversubscribe "
+        "the cores",
     )
     jpeg_decoder: Literal["auto", "pil", "torchvision"] = Field(
         "auto",

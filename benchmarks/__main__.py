@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--servers",
         type=_csv(str),
         default=["bentoml", "bentoml-fp32", "bentoml-nobatch", "fastapi-naive", "litserve"],
-        help="servers to compare, comma-separated (default: %(default)s)",
+        help="servers to compare, comma-separated; NAME+VARIABLE=VALUE runs one with extra "
+        "environment, e.g. bentoml+GOMP_SPINCOUNT=20000 (default: %(default)s)",
     )
     run.add_argument(
         "--concurrency",

@@ -48,16 +48,17 @@ def _measure_server(args, runtime, entry, model, name, cpus, requests, uploads, 
     """Start one server (pinned to ``cpus`` when given) and drive it at every concurrency."""
     from . import ceiling as ceilings
     from .loadgen import run_load
-    from .servers import SERVERS, running
+    from .servers import running, server_kind
 
     label = entry["name"]
     log_path = args.work_dir / "logs" / f"{label}-{name}{'-cpus' + cpus if cpus else ''}.log"
-    server = {"name": name, "cpus": cpus, "workers": SERVERS[name].workers, "points": []}
+    kind = server_kind(name)
+    server = {"name": name, "cpus": cpus, "workers": kind.workers, "points": []}
     ceiling = None
     if not args.skip_ceiling:
         server["ceiling"] = ceilings.adjacent(runtime, uploads, entry["ceiling"]["best_batch_size"])
         ceiling = server["ceiling"]["ceiling_images_per_s"]
-    with running(SERVERS[name], model, log_path, cpus=cpus) as started:
+    with running(kind, model, log_path, cpus=cpus) as started:
         server["ready_s"] = round(started.ready_s, 1)
         for concurrency in args.concurrency:
             where = f" cpus {cpus}" if cpus else ""
@@ -90,14 +91,12 @@ def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
     from . import ceiling as ceilings
     from . import report
     from .model import prepare_model, resolve
-    from .servers import SERVERS
+    from .servers import server_kind
     from .targets import evaluate
     from .workload import DEFAULT_SIZES, bundle, make_uploads
 
-    unknown = sorted(set(args.servers) - set(SERVERS))
-    if unknown:
-        raise SystemExit(f"unknown servers {unknown}; choose from {sorted(SERVERS)}")
     try:
+        kinds = {spec: server_kind(spec) for spec in args.servers}
         choices = [resolve(name) for name in args.models]
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
@@ -116,7 +115,7 @@ def run_main(args: argparse.Namespace, tracking_uri: str) -> int:
             "images_per_request": args.images_per_request,
             "cpu_sets": args.cpu_sets,
         },
-        "servers": {name: SERVERS[name].description for name in args.servers},
+        "servers": {spec: kind.description for spec, kind in kinds.items()},
         "models": [],
     }
     steps = tqdm(

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +37,7 @@ class ServerKind:
             "fastapi-naive": "naive_fastapi",
             "litserve": "litserve_app",
             "litserve-ours": "litserve_ours",
-        }[self.name]
+        }[self.name.split("+")[0]]
         return [sys.executable, "-m", f"benchmarks.peers.{module}",
                 "--artifact", str(model.artifact_dir), "--port", str(port)]  # fmt: skip
 
@@ -89,6 +89,26 @@ SERVERS: dict[str, ServerKind] = {
         ),
     )
 }
+
+
+def server_kind(spec: str) -> ServerKind:
+    """A server by name, optionally with extra environment for an A/B run:
+    ``bentoml+OMP_WAIT_POLICY=PASSIVE+CLASSIFIER_TORCH_THREADS=1`` is ``bentoml`` with those
+    two variables set (the whole spec names it in the results)."""
+    name, *assignments = spec.split("+")
+    if name not in SERVERS:
+        raise ValueError(f"unknown server {name!r}; choose from {sorted(SERVERS)}")
+    extra = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{spec!r}: want NAME+VARIABLE=VALUE, not {assignment!r}")
+        extra[key] = value
+    kind = SERVERS[name]
+    if not extra:
+        return kind
+    description = f"{kind.description}; with {', '.join(f'{k}={v}' for k, v in extra.items())}"
+    return replace(kind, name=spec, description=description, env={**kind.env, **extra})
 
 
 class RunningServer(NamedTuple):

@@ -14,6 +14,7 @@ from benchmarks.__main__ import build_parser, parse_cpu_sets, parse_image_sizes
 from benchmarks.cpu import per_request_ms, tree_cpu_seconds
 from benchmarks.loadgen import _sample_window, check_loopback, run_load
 from benchmarks.model import PRESETS, bento_model_name, resolve
+from benchmarks.servers import server_kind
 from benchmarks.targets import evaluate
 from benchmarks.workload import bundle, make_uploads
 from models.artifact import ModelSpec, save_artifact
@@ -317,3 +318,33 @@ def test_multi_image_bodies_and_core_sets():
     for bad in ("", "x", "0;999"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_cpu_sets(bad)
+
+
+def test_a_server_can_be_run_with_extra_environment():
+    kind = server_kind("bentoml-2w+GOMP_SPINCOUNT=20000+CLASSIFIER_TORCH_THREADS=2")
+    assert kind.workers == 2 and kind.ready_path == "/readyz"
+    assert kind.env == {
+        "BENTOML_CONFIG_OPTIONS": "services.image_classifier.workers=2",
+        "GOMP_SPINCOUNT": "20000",
+        "CLASSIFIER_TORCH_THREADS": "2",
+    }
+    assert "GOMP_SPINCOUNT=20000" in kind.description
+    assert server_kind("litserve-ours+X=1").command(_FakeModel(), 1)[2] == (
+        "benchmarks.peers.litserve_ours"
+    )
+    for bad in ("nginx", "bentoml+", "bentoml+=1", "bentoml+NO_VALUE"):
+        with pytest.raises(ValueError, match="server|want NAME"):
+            server_kind(bad)
+
+
+class _FakeModel:
+    artifact_dir = "/nowhere"
+
+
+def test_the_throughput_configuration_is_judged_too_under_its_own_name():
+    entry = _entry(28.0)
+    entry["servers"].append({**entry["servers"][0], "name": "bentoml-2w", "workers": 2})
+    names = [t["target"] for t in evaluate(entry)]
+    assert "saturation throughput >= 0.9 x ceiling" in names
+    assert "bentoml-2w: saturation throughput >= 0.9 x ceiling" in names
+    assert names.count("bentoml-2w: >= 2.0x naive FastAPI at C=32") == 1

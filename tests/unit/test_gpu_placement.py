@@ -12,7 +12,8 @@ from PIL import Image
 from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
 from models.compiling import compile_for_device, pad_batch, padded_batch_size
 from models.device import WorkerSlot, choose_device, gpu_for_worker
-from serving.settings import ServingSettings, worker_slot
+from serving.runtime import build_runtime
+from serving.settings import ServingSettings, torch_threads_per_worker, worker_slot
 
 
 def _devices(workers: int, *, per_gpu: int, device_count: int) -> list[int]:
@@ -131,3 +132,28 @@ def test_a_batch_beyond_every_warmed_size_runs_unpadded(tmp_path):
     plain = predictor.scores(batch)
     predictor.padded_sizes = (1, 2, 4)
     torch.testing.assert_close(predictor.scores(batch), plain)
+
+
+@pytest.mark.parametrize(
+    ("config", "cores", "expected"),
+    [
+        ({}, 2, 2),  # one worker: every core
+        ({"workers": 2}, 2, 1),
+        ({"workers": 4}, 16, 4),
+        ({"workers": 3}, 2, 1),  # never below one
+        ({"workers": "cpu_count"}, 16, 1),  # one worker per core
+    ],
+)
+def test_each_worker_gets_its_share_of_the_cores(config, cores, expected):
+    assert torch_threads_per_worker(config, usable_cores=cores) == expected
+
+
+def test_the_runtime_sets_the_torch_threads_on_its_torch_thread(tmp_path):
+    directory = _tiny_predictor(tmp_path).spec and tmp_path
+    before = torch.get_num_threads()
+    runtime = build_runtime(ServingSettings(), directory, warmup=False, torch_threads=1)
+    try:
+        assert runtime.torch_thread.call(torch.get_num_threads) == 1
+    finally:
+        runtime.close()
+        torch.set_num_threads(before)

@@ -47,7 +47,18 @@ def machine() -> dict:
 
 
 def command_line() -> str:
-    return shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+    """The command, with the environment variables that change what is measured in front."""
+    tuning = [f"{key}={value}" for key, value in tuning_environment().items()]
+    return shlex.join([*tuning, "python", "-m", "benchmarks", *sys.argv[1:]])
+
+
+TUNING_PREFIXES = ("CLASSIFIER_", "OMP_", "GOMP_", "KMP_", "MKL_", "BENTOML_CONFIG")
+
+
+def tuning_environment() -> dict[str, str]:
+    """Variables the servers inherit that change performance (threads, OpenMP waiting, our
+    settings): a run made with them says so in its command."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(TUNING_PREFIXES)}
 
 
 def _fmt(value, digits=1) -> str:

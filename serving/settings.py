@@ -49,7 +49,8 @@ def load_service_config(path: Path) -> dict[str, Any]:
 
 
 def worker_slot(service_config: dict[str, Any], *, worker_index: int | None) -> WorkerSlot:
-    """This worker's place among the service's GPUs, from ``configuration.yaml``.
+    """This worker's place among the service's GPUs, from the service's BentoML configuration
+    (``configuration.yaml`` as BentoML resolved it).
 
     ``workers`` over ``resources.gpu`` workers share each GPU (2 workers and ``gpu: 1``: both
     on it; 4 and ``gpu: 4``: one each); without ``resources.gpu``, one worker per visible GPU,

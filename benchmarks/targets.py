@@ -47,7 +47,7 @@ def _framework_ceiling(entry: dict) -> list[dict]:
             for p in s["points"]]  # fmt: skip
     if not entry.get("framework_ceiling") or not ours:
         return []
-    server, best = max(ours, key=lambda item: item[1]["throughput_rps"])
+    server, best = max(ours, key=lambda item: item[1]["throughput_rps"] / item[0].get("workers", 1))
     per_worker = best["throughput_rps"] / server.get("workers", 1)
     cpu_ms = best.get("server_cpu_ms_per_request")
     cpu = "" if cpu_ms is None else f", server CPU {cpu_ms:.2f} ms/request"

@@ -348,3 +348,12 @@ def test_the_throughput_configuration_is_judged_too_under_its_own_name():
     assert "saturation throughput >= 0.9 x ceiling" in names
     assert "bentoml-2w: saturation throughput >= 0.9 x ceiling" in names
     assert names.count("bentoml-2w: >= 2.0x naive FastAPI at C=32") == 1
+
+
+def test_the_framework_ceiling_takes_the_best_figure_per_worker():
+    entry = {**_entry(28.0), "name": "noop", "framework_ceiling": True}
+    one = {**entry["servers"][0], "name": "bentoml-fp32"}  # 28 req/s on one worker
+    faster = [{**p, "throughput_rps": 50.0} for p in entry["servers"][0]["points"]]
+    two = {**entry["servers"][0], "name": "bentoml-2w", "workers": 2, "points": faster}
+    target = evaluate({**entry, "servers": [one, two]})[0]
+    assert target["measured"].startswith("28.0 req/s per worker (bentoml-fp32")

@@ -68,13 +68,18 @@ def main() -> None:
         batch_timeout=args.batch_timeout,
         api_path="/classify",
     )
-    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    serve(api, port=args.port, accelerator="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def serve(api: ls.LitAPI, *, port: int, accelerator: str) -> None:
+    """One LitServe API server and one inference worker on one device, on loopback (both
+    LitServe peers run this way)."""
     server = ls.LitServer(
         api, accelerator=accelerator, devices=1, workers_per_device=1, timeout=120
     )
     server.run(
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         num_api_servers=1,
         generate_client_file=False,
         log_level="warning",

@@ -15,6 +15,8 @@ import litserve as ls
 from serving.runtime import Runtime, build_runtime
 from serving.settings import ServingSettings
 
+from .litserve_app import serve
+
 
 class OurRuntimeAPI(ls.LitAPI):
     def __init__(self, artifact_dir: str, settings: ServingSettings, **kwargs) -> None:
@@ -58,14 +60,7 @@ def main() -> None:
         batch_timeout=args.batch_timeout,
         api_path="/classify",
     )
-    server = ls.LitServer(api, accelerator="auto", devices=1, workers_per_device=1, timeout=120)
-    server.run(
-        host="127.0.0.1",
-        port=args.port,
-        num_api_servers=1,
-        generate_client_file=False,
-        log_level="warning",
-    )
+    serve(api, port=args.port, accelerator="auto")
 
 
 if __name__ == "__main__":

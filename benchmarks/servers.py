@@ -1,8 +1,8 @@
 """The servers under test: how to start each, where it is ready, and stopping it cleanly.
 
-Each runs alone (one at a time, one worker) as a subprocess in its own session on a free loopback
-port, so the harness can kill its whole process tree (devtools/server_process.py, shared with the
-integration tests).
+Each runs alone (one at a time; one worker unless its kind says otherwise, as ``bentoml-2w``) as
+a subprocess in its own session on a free loopback port, so the harness can kill its whole
+process tree (devtools/server_process.py, shared with the integration tests).
 """
 
 from __future__ import annotations

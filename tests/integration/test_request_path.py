@@ -127,11 +127,20 @@ def test_hostile_upload_never_freezes_the_event_loop(default_server, case):
     def post():
         return requests.post(f"{default_server}/classify", files={"images": upload}, timeout=60)
 
-    response, latencies = _livez_latencies_while(default_server, post)
-    assert response.status_code == status, response.text[:300]
-    assert message in response.text
-    assert latencies, "the request finished before /livez could be asked"
-    assert max(latencies) < LIVEZ_BOUND_S, f"/livez took up to {max(latencies) * 1000:.0f} ms"
+    # A loop blocked by the decode is slow on every try; the shared 2-core CI machines have
+    # stalled a single /livez poll past the bound with the decode on its thread (114 ms, once),
+    # so a case gets a second try before it fails.
+    slowest = []
+    for _ in range(2):
+        response, latencies = _livez_latencies_while(default_server, post)
+        assert response.status_code == status, response.text[:300]
+        assert message in response.text
+        assert latencies, "the request finished before /livez could be asked"
+        slowest.append(max(latencies))
+        if slowest[-1] < LIVEZ_BOUND_S:
+            break
+    tries = ", ".join(f"{seconds * 1000:.0f} ms" for seconds in slowest)
+    assert min(slowest) < LIVEZ_BOUND_S, f"/livez took up to {tries} (one figure per try)"
 
 
 def test_request_pixel_budget_refuses_before_decoding(default_server):

@@ -24,7 +24,7 @@ DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
         test-integration lint format clean serve-requirements bento containerize run-image \
-        mlflow-image stack-config benchmark soak
+        mlflow-image stack-config rolling-update k8s-manifests benchmark soak
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,7 +32,7 @@ help: ## list the targets
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev,bench,spark]'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install the pinned dependencies
@@ -93,9 +93,15 @@ mlflow-image: ## build the MLflow server image used by docker-compose.yml
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || \
 	echo "$(VENV)/lib/python3.11/site-packages/compose/docker-compose")
 
-stack-config: install ## validate docker-compose.yml (both profiles) with Compose v2 `config`
-	POSTGRES_PASSWORD=x MLFLOW_ADMIN_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu \
+stack-config: install ## validate docker-compose.yml (every profile) with Compose v2 `config`
+	POSTGRES_PASSWORD=x MLFLOW_ADMIN_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x COMPOSE_PROFILES=gpu,cpu,scale \
 		$(COMPOSE) --env-file /dev/null config --quiet && echo "docker-compose.yml: valid"
+
+rolling-update: ## replace every replica of the `scale` profile with CLASSIFIER_IMAGE, one at a time
+	COMPOSE="$(COMPOSE)" DOCKER="$(DOCKER)" deploy/loadbalancer/rolling-update.sh
+
+k8s-manifests: | $(VENV)/.installed ## regenerate deploy/kubernetes' PrometheusRule and dashboard ConfigMap from monitoring/
+	$(PY) deploy/kubernetes/generate.py
 
 BENCH_ARGS ?=
 benchmark: install ## benchmark the service vs its in-process ceiling, FastAPI and LitServe (BENCH_ARGS=--help)

@@ -30,7 +30,15 @@ def model_signature():
 
     return ModelSignature(
         inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
-        outputs=Schema([ColSpec(Array("string"), "labels"), ColSpec(Array("double"), "scores")]),
+        # `error` is the reason a row could not be scored ("" when it was): one bad image
+        # must not fail a whole batch, least of all a Spark task.
+        outputs=Schema(
+            [
+                ColSpec(Array("string"), "labels"),
+                ColSpec(Array("double"), "scores"),
+                ColSpec("string", "error"),
+            ]
+        ),
     )
 
 

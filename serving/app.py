@@ -4,7 +4,6 @@ request-path protections wired around the class."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,13 @@ from .model_store import FIX_THE_MODEL, ServedModel
 from .parsing import fix_response_media_type, install_request_parsing
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
-from .settings import SERVICE_NAME, ServingSettings, torch_threads_per_worker, worker_slot
+from .settings import (
+    SERVICE_NAME,
+    ServingSettings,
+    torch_threads_per_worker,
+    usable_cores,
+    worker_slot,
+)
 from .telemetry import install as install_metrics
 
 logger = logging.getLogger("bentoml.image_classifier")
@@ -62,7 +67,7 @@ class ServedClassifier:
                 metrics=metrics,
                 worker=worker_slot(effective, worker_index=bentoml.server_context.worker_index),
                 torch_threads=settings.torch_threads
-                or torch_threads_per_worker(effective, usable_cores=len(os.sched_getaffinity(0))),
+                or torch_threads_per_worker(effective, usable_cores=usable_cores()),
             )
         except Exception as exc:
             raise RuntimeError(

@@ -74,6 +74,31 @@ def torch_threads_per_worker(service_config: dict[str, Any], *, usable_cores: in
     return max(1, usable_cores // workers)
 
 
+def usable_cores(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota
+    (Docker's ``--cpus``, a Kubernetes CPU limit), rounded up. Without the cap, a container
+    limited to 2 CPUs on a 64-core host would run 64-thread OpenMP teams against its quota."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs' worth of quota from cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``); None
+    when there is none or it cannot be read."""
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
 class ServingSettings(BaseModel):
     """Settings the service needs before BentoML's own configuration applies.
 
@@ -171,8 +196,8 @@ class ServingSettings(BaseModel):
         ge=1,
         le=256,
         description="torch intra-op threads per worker; default: the cores this process may "
-        "use divided by the service's workers, at least 1, so that workers do not oversubscribe "
-        "the cores",
+        "use (its CPU affinity, capped by a container's CPU quota) divided by the service's "
+        "workers, at least 1, so that workers do not oversubscribe the cores",
     )
     jpeg_decoder: Literal["auto", "pil", "torchvision"] = Field(
         "auto",

@@ -90,10 +90,13 @@ _LOAD_WITHOUT_THE_PROJECT = textwrap.dedent(
     model = mlflow.pyfunc.load_model(str(model_dir))
     image = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(image, "PNG")
-    output = model.predict(pd.DataFrame({"image": [image.getvalue()]}))
+    # A bad image is an error in its own row; the good one is still scored.
+    output = model.predict(pd.DataFrame({"image": [image.getvalue(), b"not an image"]}))
     models_file = Path(sys.modules["models"].__file__).resolve()
     print(json.dumps({
         "labels": list(output["labels"][0]),
+        "errors": list(output["error"]),
+        "bad_labels": list(output["labels"][1]),
         "models_from": str(models_file.relative_to(model_dir.resolve())),
         "project_modules": sorted(
             m for m in sys.modules if m.split(".")[0] in PROJECT_PACKAGES and m != "models"
@@ -121,3 +124,15 @@ def test_the_model_loads_where_the_project_cannot_be_imported(registered_model_d
     assert loaded["project_modules"] == []
     [spec] = (registered_model_dir / "artifacts").rglob("classifier.json")
     assert loaded["labels"] and set(loaded["labels"]) <= set(json.loads(spec.read_text())["labels"])
+    assert loaded["errors"][0] == "" and loaded["bad_labels"] == []
+    assert loaded["errors"][1].startswith("not a recognised image format")
+
+
+def test_the_signature_has_a_per_row_error_output(registered_model_dir):
+    signature = yaml.safe_load((registered_model_dir / "MLmodel").read_text())["signature"]
+    outputs = {column["name"]: column for column in json.loads(signature["outputs"])}
+    assert list(outputs) == ["labels", "scores", "error"]
+    assert outputs["error"]["type"] == "string"
+    assert json.loads(signature["inputs"]) == [
+        {"type": "binary", "name": "image", "required": True}
+    ]

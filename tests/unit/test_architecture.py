@@ -18,7 +18,7 @@ import pytest
 
 from ..conftest import PROJECT_ROOT
 
-SOURCE_PACKAGES = ("models", "registry", "serving", "training", "benchmarks", "devtools")
+SOURCE_PACKAGES = ("models", "registry", "scoring", "serving", "training", "benchmarks", "devtools")
 MAX_MODULE_LINES = 300
 MAX_SERVICE_LINES = 60
 

@@ -13,7 +13,12 @@ from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifi
 from models.compiling import compile_for_device, pad_batch, padded_batch_size
 from models.device import WorkerSlot, choose_device, gpu_for_worker
 from serving.runtime import build_runtime
-from serving.settings import ServingSettings, torch_threads_per_worker, worker_slot
+from serving.settings import (
+    ServingSettings,
+    torch_threads_per_worker,
+    usable_cores,
+    worker_slot,
+)
 
 
 def _devices(workers: int, *, per_gpu: int, device_count: int) -> list[int]:
@@ -157,3 +162,23 @@ def test_the_runtime_sets_the_torch_threads_on_its_torch_thread(tmp_path):
     finally:
         runtime.close()
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, --cpus 1.5: rounded up
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one thread
+        ({"cpu.max": "max 100000\n"}, "all"),  # no quota
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "all"),
+        ({"cpu.max": "garbage\n"}, "all"),  # unreadable: the affinity alone
+        ({}, "all"),  # no cgroup files (not in a container)
+    ],
+)
+def test_usable_cores_is_capped_by_the_container_cpu_quota(tmp_path, monkeypatch, files, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cores(cgroup_root=tmp_path) == (8 if expected == "all" else expected)

@@ -55,3 +55,4 @@ build_standin python python:3.11-slim
 build_standin postgres postgres:15-bookworm
 build_standin prometheus prom/prometheus:v2.53.4
 build_standin nginx nginx:1.27-bookworm
+build_standin haproxy haproxy:2.6-bookworm

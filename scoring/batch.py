@@ -118,6 +118,8 @@ def decode_file(path: str, *, predictor: Predictor, options: ScoringOptions) -> 
         return predictor.preprocessing.prepare(image)
     except ImageDecodeError as exc:
         return f"not a decodable image: {exc}"
+    except Exception as exc:  # anything else one file does must not stop the run
+        return f"could not be prepared: {type(exc).__name__}: {exc}"
 
 
 def _score_batch(

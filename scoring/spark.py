@@ -37,20 +37,22 @@ def create_spark_session(*, master: str = "local[2]", app_name: str = "image-sco
     interface and starts no web UI: nothing is exposed, and nothing needs the network."""
     from pyspark.sql import SparkSession
 
-    # Python workers run this interpreter, where MLflow and the model core are installed (a
-    # local master starts them with $PYSPARK_PYTHON, not with spark.pyspark.python).
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
     )
     if master.startswith("local"):
+        # Local Python workers run this interpreter, where MLflow and the model core are
+        # installed (a local master starts them with $PYSPARK_PYTHON, not spark.pyspark.python).
+        # On a cluster this path may not exist on the executors: PYSPARK_PYTHON or the
+        # cluster's configuration decides there.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)  # read by the JVM Spark launches
         builder = (
-            builder.config("spark.ui.enabled", "false")
+            builder.config("spark.pyspark.python", sys.executable)
+            .config("spark.pyspark.driver.python", sys.executable)
+            .config("spark.ui.enabled", "false")
             .config("spark.driver.host", LOOPBACK)
             .config("spark.driver.bindAddress", LOOPBACK)
         )

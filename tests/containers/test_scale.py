@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import threading
 import time
 import uuid
@@ -197,13 +198,18 @@ def test_two_replicas_share_the_load(scale_stack, uploads):
         f"2 replicas {two.throughput:.1f} req/s ({gain:.2f}x; host CPU {two_busy:.0%} busy; "
         f"the replicas, HAProxy and the load generator share this host's cores)"
     )
-    # Both replicas take a share (leastconn), and a second replica never costs throughput.
+    # Both replicas take a share (leastconn), and a second replica costs no throughput beyond
+    # one 15 s window's noise on a shared machine.
     assert sum(n > 0.25 * sum(served.values()) for n in served.values()) == 2, served
-    assert gain >= 0.95, (one.summary(), two.summary())
-    # CPU permitting, about 2x: where the host's cores were not all busy, the second replica
-    # must have used them (on the 2-core build machine they are, and the gain is ~1.1x).
-    if two_busy < 0.8:
+    assert gain >= 0.85, (one.summary(), two.summary())
+    # CPU permitting, about 2x: on a host with cores to spare (4 or more, not all busy), the
+    # second replica must have used them. On the 2-core build machine one replica already keeps
+    # both busy, and the gain is ~1.1x (docs/performance.md).
+    if (os.cpu_count() or 1) >= 4 and two_busy < 0.8:
         assert gain >= 1.5, (gain, two_busy)
+    # The load balancer's own metrics, which Prometheus scrapes.
+    metrics = requests.get(scale_stack.stats_url.replace("/stats;csv", "/metrics"), timeout=5)
+    assert metrics.status_code == 200 and "haproxy_backend_active_servers" in metrics.text
 
 
 def test_a_stopped_replica_fails_no_request_and_a_killed_one_only_its_own(scale_stack, uploads):
@@ -251,6 +257,32 @@ def _wait_marked_down(stack: Stack, since: float) -> float:
     return time.time()
 
 
+def _rolling_update(stack: Stack, image: str, **env: str):
+    make = ["make", "--no-print-directory", "rolling-update"]
+    tools = [f"COMPOSE={' '.join(stack.compose_cmd)}", f"DOCKER={DOCKER_CLI}"]
+    env = {**stack.env, "CLASSIFIER_IMAGE": image, **env}
+    return run([*make, *tools], env, timeout=1200, check=False)
+
+
+def test_a_rolling_update_to_a_broken_image_leaves_the_old_replicas_serving(
+    scale_stack, classifier_image, uploads, tmp_path
+):
+    broken = f"{classifier_image.split(':')[0]}:broken-{uuid.uuid4().hex[:6]}"
+    # A model tag the image's store does not have: the replica exits at start.
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {classifier_image}\nENV CLASSIFIER_MODEL_TAG=no-such-model:v0\n"
+    )
+    run([DOCKER_CLI, "build", "-q", "-t", broken, str(tmp_path)], scale_stack.env)
+    old = scale_stack.replicas()
+    with ClosedLoop(scale_stack.url, uploads) as load:
+        result = _rolling_update(scale_stack, broken, HEALTHY_TIMEOUT_S="120")
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "did not get healthy" in result.stderr
+    assert scale_stack.replicas() == old
+    assert not load.failures() and load.outcomes, load.failures()[:10]
+    scale_stack.wait_servers_up(len(old))
+
+
 def test_rolling_replacement_with_a_new_image_fails_no_request(
     scale_stack, classifier_image, uploads, tmp_path
 ):
@@ -260,17 +292,16 @@ def test_rolling_replacement_with_a_new_image_fails_no_request(
     )
     run([DOCKER_CLI, "build", "-q", "-t", new_image, str(tmp_path)], scale_stack.env)
     old = scale_stack.replicas()
-    env = {**scale_stack.env, "CLASSIFIER_IMAGE": new_image}
-    make = ["make", "--no-print-directory", "rolling-update"]
     try:
         with ClosedLoop(scale_stack.url, uploads) as load:
             time.sleep(2)
-            run([*make, f"COMPOSE={' '.join(scale_stack.compose_cmd)}", f"DOCKER={DOCKER_CLI}"],
-                env, timeout=1200)  # fmt: skip
+            result = _rolling_update(scale_stack, new_image)
             time.sleep(2)
+        assert result.returncode == 0, result.stdout + result.stderr
         new = scale_stack.replicas()
         assert not set(new) & set(old) and len(new) == len(old), (old, new)
-        assert {inspect(env, "container", c)["Config"]["Image"] for c in new} == {new_image}
+        images = {inspect(scale_stack.env, "container", c)["Config"]["Image"] for c in new}
+        assert images == {new_image}
         assert not load.failures(), load.failures()[:10]
         assert len(load.outcomes) > 50
         scale_stack.wait_servers_up(len(old))

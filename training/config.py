@@ -49,6 +49,11 @@ class DataConfig(_StrictConfig):
         "skip them and report the count",
     )
     verify_images: bool = Field(True, description="decode every image once before training")
+    summarize: bool = Field(
+        True,
+        description="log a dataset summary before training: images per class and split, image "
+        "sizes, files with identical content in two splits (reads every file once more)",
+    )
     val_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="held-out fraction for validation (ignored with k-fold)"
     )

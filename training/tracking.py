@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from registry.mlflow_pyfunc import log_classifier_model
 
 from .config import TrainConfig, flatten
+from .summary import DatasetSummary
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ def log_data_issues(issues) -> None:
     if issues:
         lines = "origin,reason\n" + "".join(f'"{i.origin}","{i.reason}"\n' for i in issues)
         mlflow.log_text(lines, "data/issues.csv")
+
+
+def log_dataset_summary(summary: DatasetSummary) -> None:
+    """Images per class and split, sizes and cross-split duplicates, logged before training."""
+    mlflow.log_dict(summary.to_dict(), "data/summary.json")
+    mlflow.log_text(summary.table() + "\n", "data/summary.md")
+    mlflow.log_metrics(summary.metrics())
 
 
 def log_labels(labels: tuple[str, ...]) -> None:

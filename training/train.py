@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .finish import TrainResult, finish
 from .loop import train_loop
 from .resume import open_run_and_dir, prepare_output_dir, prepare_resumed_dir, restore_state
+from .summary import report_summary, summarize_dataset
 
 __all__ = ["TrainResult", "train"]
 
@@ -39,6 +40,13 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
     tracking.log_labels(split.labels.names)
     tracking.log_data_issues(split.issues)
     mlflow.log_metric("data_skipped", len(split.issues))
+    if cfg.data.summarize:
+        summary = summarize_dataset(
+            splits={"train": split.train_samples, "val": split.val_samples},
+            labels=split.labels.names,
+        )
+        report_summary(summary)
+        tracking.log_dataset_summary(summary)
 
 
 def train(cfg: TrainConfig) -> TrainResult:

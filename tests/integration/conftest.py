@@ -7,6 +7,9 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import mlflow
+import pytest
+
 from devtools.server_process import (
     LOOPBACK,
     ServerProcess,
@@ -17,6 +20,7 @@ from devtools.server_process import (
 )
 
 READY_TIMEOUT_S = 180
+CHAMPION_URI = "models:/shapes-single@champion"
 
 __all__ = ["bentoml_server", "bentoml_server_process", "free_port", "start_bentoml"]
 
@@ -68,3 +72,18 @@ def bentoml_server(
     """Start `bentoml serve` on a free loopback port; yield its URL once /readyz says ready."""
     with bentoml_server_process(model_tag, log_path, extra_env) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def reference(single_label_run, tmp_path_factory):
+    """The single-label champion's predictor, in-process, fp32 on the CPU: what every other way
+    of scoring that model must agree with."""
+    from models import Predictor
+    from models.artifact import classifier_artifact_dir
+
+    local = mlflow.artifacts.download_artifacts(
+        CHAMPION_URI, dst_path=str(tmp_path_factory.mktemp("reference"))
+    )
+    return Predictor.from_artifact(
+        classifier_artifact_dir(local), device="cpu", precision="float32"
+    )

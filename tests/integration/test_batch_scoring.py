@@ -11,11 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from models import Predictor, load_image
-from models.artifact import classifier_artifact_dir, stored_artifact_dir
+from models.artifact import stored_artifact_dir
 
 from ..conftest import PROJECT_ROOT
 
@@ -35,17 +34,6 @@ def image_folder(png_images, tmp_path_factory) -> Path:
     (folder / "notes.jpg").write_text("not an image\n")
     (folder / "readme.txt").write_text("not listed\n")
     return folder
-
-
-@pytest.fixture(scope="module")
-def reference(single_label_run, tmp_path_factory) -> Predictor:
-    """The champion's predictor, in-process, fp32 on the CPU."""
-    local = mlflow.artifacts.download_artifacts(
-        MODEL_URI, dst_path=str(tmp_path_factory.mktemp("reference"))
-    )
-    return Predictor.from_artifact(
-        classifier_artifact_dir(local), device="cpu", precision="float32"
-    )
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -9,11 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from models import Predictor, load_image
-from models.artifact import classifier_artifact_dir
 
 from ..conftest import PROJECT_ROOT
 from ..support.tools import require_tool
@@ -47,16 +45,6 @@ def image_folder(png_images, tmp_path_factory) -> Path:
     (folder / "corrupt.png").write_bytes(png_images[2].read_bytes()[:300])
     (folder / "empty.png").write_bytes(b"")
     return folder
-
-
-@pytest.fixture(scope="module")
-def reference(single_label_run, tmp_path_factory) -> Predictor:
-    local = mlflow.artifacts.download_artifacts(
-        MODEL_URI, dst_path=str(tmp_path_factory.mktemp("reference"))
-    )
-    return Predictor.from_artifact(
-        classifier_artifact_dir(local), device="cpu", precision="float32"
-    )
 
 
 def _check(

@@ -76,6 +76,13 @@ def test_single_label_run_is_fully_tracked(single_label_run):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/training_curves.png", "plots/confusion_matrix.png"}
     assert client.list_artifacts(run.info.run_id, "config")[0].path == "config/resolved.yaml"
+    # The dataset summary: images per class and split, logged before the first epoch.
+    summary = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data/summary.json")
+    assert summary["split_sizes"]["train"] == int(params["resolved.train_samples"])
+    assert sum(c["val"] for c in summary["per_class"].values()) == int(
+        params["resolved.val_samples"]
+    )
+    assert run.data.metrics["data_duplicates_across_splits"] == 0
 
     version = client.get_model_version_by_alias("shapes-single", "champion")
     assert version.run_id == run.info.run_id

@@ -1,6 +1,7 @@
 """Write dashboards/image-classifier.json, the provisioned Grafana dashboard.
 
-The panels are defined here, readably, and the JSON is generated: `python
+The panels are defined here with Grafana's own builders (grafana-foundation-sdk, which also
+places them on the grid), and the JSON is generated: `python
 monitoring/grafana/build_dashboard.py`. Metric names are not typed here: the service's own come
 from serving/telemetry.py, the namespace from configuration.yaml (metrics.namespace, as the
 service reads it), and BentoML's built-in request metrics are named once below. Tests check the
@@ -18,11 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(ROOT))
 
+from grafana_foundation_sdk.builders import dashboard as dashboard_builder  # noqa: E402
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries  # noqa: E402
+from grafana_foundation_sdk.cog.encoder import JSONEncoder  # noqa: E402
+from grafana_foundation_sdk.models import dashboard as dashboard_model  # noqa: E402
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat  # noqa: E402
+
 from serving import telemetry  # noqa: E402
 from serving.settings import SERVICE_NAME, load_service_config  # noqa: E402
 
 OUT = Path(__file__).with_name("dashboards") / "image-classifier.json"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = dashboard_model.DataSourceRef(type_val="prometheus", uid="prometheus")
 RATE = "$__rate_interval"
 CLASSIFY = 'endpoint="/classify"'
 
@@ -64,25 +71,43 @@ def error_ratio(status_class: str) -> str:
     return f"({errors} or {total} * 0) / {total}"
 
 
-def panel(title, targets, *, kind="timeseries", unit="short", description="", width=12, **extra):
-    return {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DATASOURCE,
-        "gridPos": {"w": width, "h": 8},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "targets": [
-            {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend, **target_extra}
-            for i, (expr, legend, *rest) in enumerate(targets)
-            for target_extra in [rest[0] if rest else {}]
-        ],
-        **extra,
-    }
+PANEL_KINDS = {
+    "timeseries": timeseries.Panel,
+    "heatmap": heatmap.Panel,
+    "table": table.Panel,
+    "stat": stat.Panel,
+}
+
+
+def query(expr: str, legend: str, *, ref_id: str, heatmap_format=False, instant=False):
+    target = prometheus.Dataquery().ref_id(ref_id).expr(expr).legend_format(legend)
+    if heatmap_format:
+        target = target.format(PromQueryFormat.HEATMAP)
+    if instant:
+        target = target.format(PromQueryFormat.TABLE).instant()
+    return target
+
+
+def panel(title, targets, *, kind="timeseries", unit="short", description="", width=12):
+    """A panel of ``kind`` with one Prometheus query per ``(expr, legend, options)`` target."""
+    builder = (
+        PANEL_KINDS[kind]()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .height(8)
+        .span(width)
+    )
+    for index, (expr, legend, *options) in enumerate(targets):
+        builder = builder.with_target(
+            query(expr, legend, ref_id=chr(ord("A") + index), **(options[0] if options else {}))
+        )
+    return builder
 
 
 def row(title):
-    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"w": 24, "h": 1}}
+    return dashboard_builder.Row(title)
 
 
 def service_panels():
@@ -123,7 +148,7 @@ def service_panels():
                 (
                     f"sum by (le) (increase({ADAPTIVE_BATCH_SIZE}_bucket[{RATE}]))",
                     "{{le}}",
-                    {"format": "heatmap"},
+                    {"heatmap_format": True},
                 )
             ],
             kind="heatmap",
@@ -172,7 +197,7 @@ def service_panels():
                     "max by (model_tag, mlflow_model, mlflow_version, mlflow_run_id, "
                     f"architecture, task, device) ({MODEL_INFO})",
                     "",
-                    {"format": "table", "instant": True},
+                    {"instant": True},
                 )
             ],
             kind="table",
@@ -200,39 +225,33 @@ def gpu_panels():
     ]
 
 
-def layout(panels):
-    x = y = 0
-    for panel_id, item in enumerate(panels, start=1):
-        grid = item["gridPos"]
-        if x + grid["w"] > 24 or item["type"] == "row":
-            x, y = 0, y + (8 if x else 0)
-        grid.update(x=x, y=y)
-        item["id"] = panel_id
-        x += grid["w"]
-        if item["type"] == "row":
-            x, y = 0, y + 1
-    return panels
-
-
-def dashboard():
-    return {
-        "uid": "image-classifier",
-        "title": "Image classifier",
-        "tags": ["image-classifier", "bentoml"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "panels": layout(service_panels() + gpu_panels()),
-        "templating": {"list": []},
-        "annotations": {"list": []},
-    }
+def dashboard() -> dashboard_model.Dashboard:
+    builder = (
+        dashboard_builder.Dashboard("Image classifier")
+        .uid("image-classifier")
+        .tags(["image-classifier", "bentoml"])
+        .timezone("browser")
+        .version(1)
+        .readonly()
+        .refresh("10s")
+        .time("now-1h", "now")
+    )
+    for panel_id, item in enumerate(service_panels() + gpu_panels(), start=1):
+        if isinstance(item, dashboard_builder.Row):
+            builder = builder.with_row(item.id(panel_id))
+        else:
+            builder = builder.with_panel(item.id(panel_id))
+    built = builder.build()
+    for item in built.panels:
+        # The builders leave a panel's options null unless one is set; Grafana's own JSON model
+        # has an object there, so it is written as one.
+        if getattr(item, "options", False) is None:
+            item.options = {}
+    return built
 
 
 def render() -> str:
-    return json.dumps(dashboard(), indent=2) + "\n"
+    return json.dumps(dashboard(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from . import checkpoint
+from . import checkpoint, finetune
 from .build import TrainingSetup
 from .config import TrainConfig
 from .engine import evaluate, train_one_epoch
@@ -67,6 +67,13 @@ def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochRes
     # Re-seeding per epoch makes a resumed run see the same data order and augmentation.
     torch.manual_seed(cfg.seed + epoch)
     setup.generator.manual_seed(cfg.seed + epoch)
+    # From the epoch alone, so that a resumed run is in the same stage as an uninterrupted one.
+    frozen = finetune.is_frozen_epoch(
+        epoch=epoch, freeze_backbone_epochs=cfg.optim.freeze_backbone_epochs
+    )
+    if cfg.optim.freeze_backbone_epochs:
+        finetune.set_backbone_frozen(setup.model, frozen=frozen)
+        logger.info("epoch %d trains %s", epoch, "the head only" if frozen else "all layers")
     train_loss = train_one_epoch(
         model=setup.model,
         loader=setup.train_loader,
@@ -76,6 +83,7 @@ def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochRes
         scaler=setup.scaler,
         precision=setup.precision,
         epoch=epoch,
+        freeze_backbone=frozen,
     )
     logits, targets, val_loss = evaluate(
         model=setup.model,

@@ -8,6 +8,7 @@ would run, since only one may talk to MLflow and write the run's folder.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,9 @@ class EarlyStopping:
 def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochResult:
     """Train one epoch, then evaluate on the validation set."""
     # Re-seeding per epoch makes a resumed run see the same data order and augmentation.
+    # Python's RNG too: timm's random-resized crop draws from it, in this process when
+    # data.num_workers is 0 (workers are seeded by _seed_worker).
+    random.seed(cfg.seed + epoch)
     torch.manual_seed(cfg.seed + epoch)
     setup.generator.manual_seed(cfg.seed + epoch)
     # From the epoch alone, so that a resumed run is in the same stage as an uninterrupted one.

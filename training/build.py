@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from models.factory import create_classifier
 from models.labels import LabelSet, Task
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
 
-from . import balance
+from . import balance, finetune
 from .config import TrainConfig
 from .data import DataError, DataIssue, ImageDataset, Sample, load_dataset, split_samples
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
@@ -165,6 +166,10 @@ def build_loaders(
 def build_training(*, cfg: TrainConfig) -> TrainingSetup:
     """Data, model, loaders, loss, optimiser, schedule and precision, in the order that the
     seeded random state expects (a change of order changes the initial weights)."""
+    finetune.check_world_size(
+        freeze_backbone_epochs=cfg.optim.freeze_backbone_epochs,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
     split = load_split(cfg=cfg)
     device = choose_device(cfg.device).device
     precision = Precision.for_device(device, cfg.amp)

@@ -20,6 +20,17 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+FREEZE_WITH_TORCHRUN = (
+    "optim.freeze_backbone_epochs is not supported with torchrun (DistributedDataParallel "
+    "fixes the trained parameters when it wraps the model); fine-tune in one process"
+)
+
+
+def check_world_size(*, freeze_backbone_epochs: int, world_size: int) -> None:
+    if freeze_backbone_epochs and world_size > 1:
+        raise ValueError(FREEZE_WITH_TORCHRUN)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The timm model inside a DistributedDataParallel wrapper (or the model itself)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):

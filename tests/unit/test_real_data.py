@@ -219,6 +219,13 @@ def test_frozen_stage_trains_only_the_head_and_keeps_norm_statistics():
     assert not all(torch.equal(v, _norm_stats(model)[k]) for k, v in stats.items())
 
 
+def test_two_stage_refuses_torchrun():
+    with pytest.raises(ValueError, match="not supported with torchrun"):
+        finetune.check_world_size(freeze_backbone_epochs=2, world_size=2)
+    finetune.check_world_size(freeze_backbone_epochs=0, world_size=2)
+    finetune.check_world_size(freeze_backbone_epochs=2, world_size=1)
+
+
 def test_stage_follows_the_epoch_number():
     stages = [finetune.is_frozen_epoch(epoch=e, freeze_backbone_epochs=2) for e in (1, 2, 3, 4)]
     assert stages == [True, True, False, False]

@@ -11,8 +11,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from models.artifact import ModelSpec, read_spec, save_artifact
 from models.factory import create_classifier
 from models.labels import LabelSet, Task
+from models.preprocessing import PreprocessConfig
 from training import balance, finetune, thresholds
 from training.config import OptimConfig, load_config
 from training.data import Sample
@@ -138,6 +140,44 @@ def test_tuner_ties_go_to_the_threshold_closest_to_the_global_one():
     positives = torch.tensor([True, True, False])
     assert thresholds.best_threshold(scores.numpy(), positives.numpy(), 0.5) == 0.5
     assert thresholds.best_threshold(scores.numpy(), positives.numpy(), 0.1) == pytest.approx(0.8)
+
+
+def test_tuner_matches_brute_force_on_random_scores():
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        scores = torch.rand(30, generator=generator).numpy()
+        positives = (torch.rand(30, generator=generator) < 0.3).numpy()
+        if not positives.any():
+            continue
+
+        def f1(t, scores=scores, positives=positives):
+            predicted = scores >= t
+            tp = (predicted & positives).sum()
+            return 2 * tp / (predicted.sum() + positives.sum())
+
+        chosen = thresholds.best_threshold(scores, positives, 0.5)
+        best = max(f1(t) for t in [*scores, 0.5, *torch.linspace(0, 1, 101).tolist()])
+        assert f1(chosen) == pytest.approx(best)
+
+
+def test_stored_thresholds_replace_the_specs_and_are_validated(tmp_path):
+    spec = ModelSpec(
+        architecture="test_resnet",
+        task=Task.MULTI_LABEL,
+        labels=("a", "b", "c"),
+        preprocessing=PreprocessConfig(input_size=(3, 32, 32)),
+        threshold=0.4,
+        class_thresholds={"c": 0.9},
+    )
+    save_artifact(tmp_path, create_classifier("test_resnet", 3), spec)
+    thresholds.store_class_thresholds(tmp_path, {"a": 0.25, "b": 0.6})
+    stored = read_spec(tmp_path)
+    assert stored.class_thresholds == {"a": 0.25, "b": 0.6}
+    assert stored.model_copy(update={"class_thresholds": {"c": 0.9}}) == spec  # nothing else
+    with pytest.raises(ValidationError, match="unknown labels"):
+        thresholds.store_class_thresholds(tmp_path, {"z": 0.5})
+    assert read_spec(tmp_path) == stored
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
 @pytest.mark.parametrize("architecture", ["test_resnet", "efficientnet_b0", "vit_tiny_patch16_224"])

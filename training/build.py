@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from models.factory import create_classifier
 from models.labels import LabelSet, Task
 from models.preprocessing import PreprocessConfig, create_eval_transform, create_train_transform
 
+from . import balance, finetune
 from .config import TrainConfig
 from .data import DataError, DataIssue, ImageDataset, Sample, load_dataset, split_samples
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
@@ -117,11 +119,14 @@ def build_model(
     return model.to(precision.device, memory_format=memory_format), spec
 
 
-def _loader(dataset, *, cfg: TrainConfig, shuffle: bool, generator=None) -> DataLoader:
+def _loader(
+    dataset, *, cfg: TrainConfig, shuffle: bool, generator=None, sampler=None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=cfg.optim.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=False,
         num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(),
@@ -147,8 +152,13 @@ def build_loaders(
     train_data = ImageDataset(split.train_samples, split.labels, cfg.task, train_transform)
     val_transform = create_eval_transform(preprocess)
     val_data = ImageDataset(split.val_samples, split.labels, cfg.task, val_transform)
+    sampler = None
+    if cfg.optim.class_balance == "sampler":
+        sampler = balance.create_sampler(
+            samples=split.train_samples, labels=split.labels, generator=generator
+        )
     return (
-        _loader(train_data, cfg=cfg, shuffle=True, generator=generator),
+        _loader(train_data, cfg=cfg, shuffle=True, generator=generator, sampler=sampler),
         _loader(val_data, cfg=cfg, shuffle=False),
     )
 
@@ -156,13 +166,20 @@ def build_loaders(
 def build_training(*, cfg: TrainConfig) -> TrainingSetup:
     """Data, model, loaders, loss, optimiser, schedule and precision, in the order that the
     seeded random state expects (a change of order changes the initial weights)."""
+    finetune.check_world_size(
+        freeze_backbone_epochs=cfg.optim.freeze_backbone_epochs,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+    )
     split = load_split(cfg=cfg)
     device = choose_device(cfg.device).device
     precision = Precision.for_device(device, cfg.amp)
     model, spec = build_model(cfg=cfg, labels=split.labels, precision=precision)
     generator = torch.Generator()
     train_loader, val_loader = build_loaders(cfg=cfg, split=split, spec=spec, generator=generator)
-    loss_fn = create_loss(cfg.task, cfg.optim.label_smoothing)
+    weights = balance.loss_weights(
+        samples=split.train_samples, labels=split.labels, task=cfg.task, cfg=cfg.optim
+    )
+    loss_fn = create_loss(cfg.task, cfg.optim.label_smoothing, weights).to(device)
     optimizer = create_optimizer(model, cfg.optim)
     return TrainingSetup(
         task=cfg.task,

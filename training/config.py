@@ -88,6 +88,11 @@ class ModelConfig(_StrictConfig):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="multi-label decision threshold")
     top_k: int = Field(5, ge=1, description="labels returned per image for single-label models")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
+    tune_thresholds: bool = Field(
+        False,
+        description="multi-label: after training, choose per class the threshold that maximises "
+        "its F1 on the validation set and store it in the model (class_thresholds)",
+    )
 
 
 class OptimConfig(_StrictConfig):
@@ -104,6 +109,37 @@ class OptimConfig(_StrictConfig):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="single-label only")
     patience: int = Field(5, ge=1, description="early stopping: epochs without improvement")
     min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest improvement")
+    class_balance: Literal["none", "loss", "sampler"] = Field(
+        "none",
+        description="class imbalance: loss = class-weighted loss (single-label: inverse class "
+        "frequency, mean 1; multi-label: pos_weight = negatives/positives per class); sampler = "
+        "draw classes equally often (single-label only, not with torchrun)",
+    )
+    max_pos_weight: float = Field(
+        100.0, ge=1.0, description="multi-label class_balance=loss: pos_weight clipped to this"
+    )
+    freeze_backbone_epochs: int = Field(
+        0,
+        ge=0,
+        description="two-stage fine-tuning: train only the classifier head for this many epochs "
+        "(backbone frozen, its norm statistics kept), then everything",
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise LR decay: each layer group below the head gets this factor "
+        "times the LR of the group above it (null: one LR for all)",
+    )
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> OptimConfig:
+        if self.freeze_backbone_epochs > self.epochs:
+            raise ValueError(
+                f"optim.freeze_backbone_epochs ({self.freeze_backbone_epochs}) exceeds "
+                f"optim.epochs ({self.epochs})"
+            )
+        return self
 
 
 class AugmentConfig(_StrictConfig):
@@ -147,6 +183,21 @@ class TrainConfig(_StrictConfig):
         description="'auto' to continue the newest unfinished run in output_dir that no live "
         "process holds (none: start a new run), or a checkpoint path",
     )
+
+    @model_validator(mode="after")
+    def _check_task_options(self) -> TrainConfig:
+        multi = self.task is Task.MULTI_LABEL
+        if multi and self.optim.class_balance == "sampler":
+            raise ValueError(
+                "optim.class_balance=sampler is single-label only (a multi-label image belongs to "
+                "several classes); use optim.class_balance=loss (pos_weight)"
+            )
+        if not multi and self.model.tune_thresholds:
+            raise ValueError(
+                "model.tune_thresholds applies to multi-label models only (single-label "
+                "predictions are top-k, without a threshold)"
+            )
+        return self
 
     @property
     def task(self) -> Task:

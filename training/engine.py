@@ -13,6 +13,7 @@ from models.device import autocast_dtype
 from models.labels import Task
 
 from .config import OptimConfig
+from .finetune import freeze_backbone_norms, layer_decay_param_groups
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,15 @@ class Precision:
 
 
 def create_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and normalisation parameters."""
+    """AdamW without weight decay on biases and normalisation parameters; with
+    ``layer_decay``, one group per layer with its own decayed LR (see :mod:`.finetune`)."""
     from timm.optim import param_groups_weight_decay
 
+    if cfg.layer_decay is not None:
+        groups = layer_decay_param_groups(
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        )
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     groups = param_groups_weight_decay(model, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
@@ -66,10 +73,14 @@ def create_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def create_loss(task: Task, label_smoothing: float) -> torch.nn.Module:
+def create_loss(
+    task: Task, label_smoothing: float, weights: torch.Tensor | None = None
+) -> torch.nn.Module:
+    """``weights``: per-class weights (single-label) or ``pos_weight`` (multi-label), from
+    :func:`.balance.loss_weights`."""
     if task is Task.SINGLE_LABEL:
-        return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    return torch.nn.BCEWithLogitsLoss()
+        return torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+    return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
 
 
 def train_one_epoch(
@@ -82,9 +93,14 @@ def train_one_epoch(
     scaler,
     precision: Precision,
     epoch: int,
+    freeze_backbone: bool = False,
 ) -> float:
-    """One pass over ``loader``, stepping the schedule every batch; the mean training loss."""
+    """One pass over ``loader``, stepping the schedule every batch; the mean training loss.
+    ``freeze_backbone``: stage 1 of fine-tuning, the backbone's norm statistics stay as they are
+    (its parameters are frozen by :func:`.finetune.set_backbone_frozen`)."""
     model.train()
+    if freeze_backbone:
+        freeze_backbone_norms(model)
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
     for images, targets in bar:

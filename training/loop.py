@@ -8,13 +8,14 @@ would run, since only one may talk to MLflow and write the run's folder.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import torch
 
-from . import checkpoint
+from . import checkpoint, finetune
 from .build import TrainingSetup
 from .config import TrainConfig
 from .engine import evaluate, train_one_epoch
@@ -65,8 +66,18 @@ class EarlyStopping:
 def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochResult:
     """Train one epoch, then evaluate on the validation set."""
     # Re-seeding per epoch makes a resumed run see the same data order and augmentation.
+    # Python's RNG too: timm's random-resized crop draws from it, in this process when
+    # data.num_workers is 0 (workers are seeded by _seed_worker).
+    random.seed(cfg.seed + epoch)
     torch.manual_seed(cfg.seed + epoch)
     setup.generator.manual_seed(cfg.seed + epoch)
+    # From the epoch alone, so that a resumed run is in the same stage as an uninterrupted one.
+    frozen = finetune.is_frozen_epoch(
+        epoch=epoch, freeze_backbone_epochs=cfg.optim.freeze_backbone_epochs
+    )
+    if cfg.optim.freeze_backbone_epochs:
+        finetune.set_backbone_frozen(setup.model, frozen=frozen)
+        logger.info("epoch %d trains %s", epoch, "the head only" if frozen else "all layers")
     train_loss = train_one_epoch(
         model=setup.model,
         loader=setup.train_loader,
@@ -76,6 +87,7 @@ def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochRes
         scaler=setup.scaler,
         precision=setup.precision,
         epoch=epoch,
+        freeze_backbone=frozen,
     )
     logits, targets, val_loss = evaluate(
         model=setup.model,

@@ -11,7 +11,7 @@ import mlflow
 
 from registry.tracking_server import check_tracking_reachable
 
-from . import tracking
+from . import balance, finetune, tracking
 from .build import TrainingSetup, build_training, seed_everything
 from .config import TrainConfig
 from .finish import TrainResult, finish
@@ -47,6 +47,23 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
         )
         report_summary(summary)
         tracking.log_dataset_summary(summary)
+    log_real_data_choices(cfg=cfg, setup=setup)
+
+
+def log_real_data_choices(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
+    """The derived imbalance and fine-tuning choices: ``resolved.*`` params, and the class
+    counts and weights as ``data/class_balance.json``."""
+    split = setup.split
+    report = balance.balance_report(
+        samples=split.train_samples, labels=split.labels, task=setup.task, cfg=cfg.optim
+    )
+    mlflow.log_dict(report, "data/class_balance.json")
+    params = {"resolved.class_balance": report["class_balance"]}
+    if cfg.optim.freeze_backbone_epochs:
+        params["resolved.head_parameters"] = ",".join(finetune.head_parameter_names(setup.model))
+    if cfg.optim.layer_decay is not None:
+        params["resolved.layer_groups"] = len(setup.optimizer.param_groups)
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
 
 def train(cfg: TrainConfig) -> TrainResult:

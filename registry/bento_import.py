@@ -4,7 +4,8 @@ Accepts ``models:/Name@alias``, ``models:/Name/<version>`` and ``runs:/<run_id>/
 model carries the MLflow model (pyfunc, so it still works with MLflow's tools) and labels that
 trace it back: tracking URI, run id, registered name and version. Importing the same MLflow
 version twice returns the existing Bento model instead of creating a duplicate, unless that copy
-is damaged: then it is replaced.
+is damaged: then it is replaced. Either way the imported model becomes ``<name>:latest``, so
+importing an older version again is a rollback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from models.artifact import (
 )
 
 from . import tracking_server
+from .lifecycle import make_latest
 from .tracking_server import TrackingServerError, redact
 
 logger = logging.getLogger(__name__)
@@ -194,14 +196,8 @@ def _reuse_existing(bento_name: str, source: MlflowSource) -> bentoml.Model | No
         bentoml.models.delete(existing.tag)
         return None
     logger.info("%s is already imported as %s", source.download_uri, existing.tag)
-    latest = bentoml.models.get(f"{bento_name}:latest")
-    if latest.tag != existing.tag:
-        logger.warning(
-            "%s:latest is %s, not this model; serve it with CLASSIFIER_MODEL_TAG=%s",
-            bento_name,
-            latest.tag,
-            existing.tag,
-        )
+    # Importing it again means "serve this one" (a rollback to an older version included).
+    make_latest(existing)
     return existing
 
 

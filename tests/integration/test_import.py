@@ -2,8 +2,13 @@
 
 import contextlib
 import http.server
+import io
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,11 +16,14 @@ import bentoml
 import mlflow
 import pytest
 import yaml
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from models.artifact import ArtifactError, check_artifact, classifier_artifact_dir, read_spec
 from registry.bento_import import ModelImportError, artifact_dir, import_from_mlflow
+from registry.mlflow_pyfunc import log_classifier_model
 
+from ..conftest import PROJECT_ROOT
 from ..support.http_stub import local_http_server
 
 
@@ -224,3 +232,40 @@ def test_weights_of_the_wrong_shapes_are_refused_at_import(downloaded_model, tmp
         import_from_mlflow(_log_as_run(crafted), bento_name="crafted-shapes")
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.models.get("crafted-shapes:latest")
+
+
+def test_importing_an_older_version_again_is_a_rollback(single_label_bento, tmp_path):
+    """Two MLflow versions imported in order, then the older one again: it becomes :latest (what
+    `bentoml serve` and the image serve), and `python -m registry list` says so, with the
+    aliases each version carries in MLflow."""
+    example = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(example, format="PNG")
+    mlflow.set_experiment("tests-rollback")
+    for _ in range(2):
+        with mlflow.start_run():
+            log_classifier_model(
+                artifact_dir(single_label_bento), example.getvalue(), registered_model_name="rb"
+            )
+    mlflow.MlflowClient().set_registered_model_alias("rb", "champion", "1")
+    v1, _ = import_from_mlflow("models:/rb/1", bento_name="rb")
+    v2, _ = import_from_mlflow("models:/rb/2", bento_name="rb")
+    assert bentoml.models.get("rb:latest").tag == v2.tag
+
+    again, created = import_from_mlflow("models:/rb@champion", bento_name="rb")
+    assert not created and again.tag == v1.tag
+    assert bentoml.models.get("rb:latest").tag == v1.tag
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "registry", "list", "--name", "rb", "--json"],
+        cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    rows = {row["mlflow_version"]: row for row in json.loads(listed.stdout)}
+    assert rows["1"]["is_latest"] and not rows["2"]["is_latest"]
+    assert rows["1"]["tag"] == str(v1.tag) and rows["2"]["tag"] == str(v2.tag)
+    assert rows["1"]["mlflow_aliases"] == ["champion"] and rows["2"]["mlflow_aliases"] == []
+    table = subprocess.run(
+        [sys.executable, "-m", "registry", "list", "--name", "rb"],
+        cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert table[0].split()[:2] == ["TAG", "CREATED"]
+    assert [line.split()[1] for line in table[1:] if line.startswith("*")] == [str(v1.tag)]

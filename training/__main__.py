@@ -1,7 +1,8 @@
-"""Command line: ``python -m training train|make-demo-data``.
+"""Command line: ``python -m training train|evaluate|make-demo-data``.
 
 Every training setting is a flag named by its dotted config path (``--optim.lr 3e-4``); flags
-override the YAML config, which overrides the built-in defaults.
+override the YAML config, which overrides the built-in defaults. ``evaluate MODEL_URI`` takes
+the data settings the same way (``--data.root``) and its own (``--split test``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import leaf_fields
+from pydantic import BaseModel
+
+from .config import EvaluationConfig, TrainConfig, leaf_fields
 
 logger = logging.getLogger("training")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (override the YAML config)")
-    for dotted, info in leaf_fields().items():
+def _add_setting_flags(
+    parser: argparse.ArgumentParser,
+    config: type[BaseModel] = TrainConfig,
+    title: str = "settings (override the YAML config)",
+) -> None:
+    group = parser.add_argument_group(title)
+    for dotted, info in leaf_fields(config).items():
         default = info.default if info.default_factory is None else info.default_factory()
         group.add_argument(
             f"--{dotted}",
@@ -52,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved config and exit without training",
     )
     _add_setting_flags(train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="a model's metrics on labelled data, as the service predicts; logged to MLflow",
+    )
+    evaluate.add_argument(
+        "model_uri",
+        metavar="MODEL_URI",
+        help="models:/Name@alias, models:/Name/<version>, runs:/<run_id>/<path>, a Bento tag "
+        "(name[:version]) in the BentoML store, or a local artifact directory",
+    )
+    _add_setting_flags(evaluate, EvaluationConfig, "evaluation settings")
 
     demo = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset")
     demo.add_argument(
@@ -92,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         return 0
+
+    if args.command == "evaluate":
+        return _evaluate(args)
 
     from pydantic import ValidationError
 
@@ -143,6 +165,37 @@ def main(argv: list[str] | None = None) -> int:
         result.registered_name,
         result.registered_version,
     )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Print the per-class table (the command's output, on stdout); 2 for bad input."""
+    from pydantic import ValidationError
+
+    from registry.tracking_server import TrackingServerError
+    from scoring.model_source import ModelSourceError
+
+    from .config import apply_override
+    from .data import DataError
+    from .evaluate import evaluate_model, format_table
+
+    values: dict = {}
+    try:
+        for key, raw in vars(args).items():
+            if key.startswith("set:") and raw is not None:
+                apply_override(values, key.removeprefix("set:"), raw, config=EvaluationConfig)
+        config = EvaluationConfig.model_validate(values)
+    except (ValueError, ValidationError) as exc:
+        logger.error("Invalid configuration: %s", exc)
+        return 2
+    try:
+        result = evaluate_model(model_uri=args.model_uri, config=config)
+    except (ModelSourceError, DataError, TrackingServerError) as exc:
+        logger.error("%s", exc)
+        return 2
+    sys.stdout.write(format_table(result) + "\n")
+    if result.run_id:
+        logger.info("Logged as MLflow run %s", result.run_id)
     return 0
 
 

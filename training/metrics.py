@@ -68,6 +68,23 @@ def compute_metrics(
     return multi_label_metrics(scores, targets, labels, threshold=threshold)
 
 
+def metrics_from_scores(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    labels: LabelSet,
+    task: Task,
+    *,
+    threshold: float = 0.5,
+    class_thresholds: dict[str, float] | None = None,
+) -> dict:
+    """:func:`compute_metrics` for class probabilities (what ``models.Predictor.scores`` gives)."""
+    if task is Task.SINGLE_LABEL:
+        return single_label_metrics(scores, targets, labels)
+    return multi_label_metrics(
+        scores, targets, labels, threshold=threshold, class_thresholds=class_thresholds
+    )
+
+
 def metric_safe(name: str) -> str:
     """A label as MLflow accepts it in a metric name (letters, digits, ``_ - .`` and spaces)."""
     return re.sub(r"[^A-Za-z0-9_\-. ]", "_", name).strip(" .") or "_"

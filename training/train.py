@@ -31,6 +31,7 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
             "resolved.num_classes": len(split.labels),
             "resolved.train_samples": len(split.train_samples),
             "resolved.val_samples": len(split.val_samples),
+            "resolved.test_samples": len(split.test_samples),
             "resolved.skipped_samples": len(split.issues),
             "resolved.device": str(setup.precision.device),
             "resolved.input_size": str(setup.spec.preprocessing.input_size),

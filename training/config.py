@@ -262,3 +262,11 @@ class EvaluationConfig(_StrictConfig):
     full_decode: bool = Field(
         False, description="decode large JPEGs at full size (the service decodes them reduced)"
     )
+
+    @model_validator(mode="after")
+    def _check_split(self) -> EvaluationConfig:
+        # Checked before a model is downloaded: the folder a split names must be given.
+        needs_root = self.data.format == "folder" and self.split in ("val", "test")
+        if needs_root and getattr(self.data, f"{self.split}_root") is None:
+            raise ValueError(f"split {self.split} needs data.{self.split}_root")
+        return self

@@ -1,0 +1,200 @@
+"""Explicit splits in a real run (the test split is evaluated once, never selects the model) and
+`python -m training evaluate`, which must measure what the service's Predictor does."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from models import Predictor, load_image
+from training.config import DataConfig, EvaluationConfig, load_config
+from training.evaluate import evaluate_model
+from training.metrics import single_label_metrics
+from training.synthetic import SHAPES, SyntheticSpec, write_single_label
+from training.train import train
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tests-splits"
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory, holdout_data) -> dict[str, Path]:
+    """train/ and val/ folders, and the session's held-out set as the test split."""
+    root = tmp_path_factory.mktemp("splits")
+    return {
+        "train": write_single_label(
+            root / "train", SyntheticSpec(single_label_per_class=12, seed=5)
+        ),
+        "val": write_single_label(root / "val", SyntheticSpec(single_label_per_class=6, seed=6)),
+        "test": holdout_data["single_label"],
+    }
+
+
+def _split_settings(out: Path, tracking_uri: str, split_data: dict[str, Path]) -> dict[str, str]:
+    # Settings under which validation accuracy rises and falls (its best is not the last epoch),
+    # so that a best model chosen by anything else than validation would show.
+    return {
+        "data.root": str(split_data["train"]),
+        "data.val_root": str(split_data["val"]),
+        "data.test_root": str(split_data["test"]),
+        "data.num_workers": "0",
+        "model.architecture": "test_resnet",
+        "optim.epochs": "6",
+        "optim.batch_size": "16",
+        "optim.lr": "0.02",
+        "mlflow.tracking_uri": tracking_uri,
+        "mlflow.experiment": "tests-splits",
+        "mlflow.artifact_location": str(out / "artifacts"),
+        "mlflow.registered_model": MODEL,
+        "output_dir": str(out / "runs"),
+    }
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, tracking_uri, split_data):
+    out = tmp_path_factory.mktemp("split-run")
+    return train(load_config(overrides=_split_settings(out, tracking_uri, split_data)))
+
+
+def _evaluation_config(tmp_path, data: DataConfig, **settings) -> EvaluationConfig:
+    return EvaluationConfig(
+        data=data,
+        experiment="tests-evaluation",
+        artifact_location=str(tmp_path / "eval-artifacts"),
+        **settings,
+    )
+
+
+def _files(root: Path) -> list[tuple[Path, str]]:
+    return [(p, shape) for shape in SHAPES for p in sorted((root / shape).glob("*.jpg"))]
+
+
+def test_explicit_split_run_logs_test_metrics_and_plots(split_run, split_data):
+    run = MlflowClient().get_run(split_run.run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["data.val_root"] == str(split_data["val"])
+    assert (params["resolved.train_samples"], params["resolved.val_samples"]) == ("60", "30")
+    assert params["resolved.test_samples"] == str(len(_files(split_data["test"])))
+    for key in ("test_accuracy", "test_top5", "test_macro_f1"):
+        assert metrics[key] == pytest.approx(split_run.test_metrics[key])
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots/test")}
+    assert artifacts == {"plots/test/confusion_matrix.png"}
+    version = MlflowClient().get_model_version(MODEL, split_run.registered_version)
+    assert version.tags["test_accuracy"] == f"{metrics['test_accuracy']:.4f}"
+
+
+def test_the_test_split_is_measured_once_and_never_selects_the_model(split_run):
+    client = MlflowClient()
+    val = client.get_metric_history(split_run.run_id, "val_accuracy")
+    scores = [m.value for m in sorted(val, key=lambda m: m.step)]
+    assert len(scores) == 6
+    assert split_run.best_epoch == scores.index(max(scores)) + 1  # the first best on validation
+    assert len(client.get_metric_history(split_run.run_id, "test_accuracy")) == 1
+
+
+def test_without_the_test_split_the_same_run_trains_the_same_model(
+    split_run, split_data, tracking_uri, tmp_path
+):
+    settings = _split_settings(tmp_path, tracking_uri, split_data)
+    settings.update({"data.test_root": "", "mlflow.registered_model": "null"})
+    control = train(load_config(overrides=settings))
+    assert control.test_metrics == {}
+    assert control.best_epoch == split_run.best_epoch
+    assert control.val_metrics == split_run.val_metrics
+    weights = [load_file(r.artifact_dir / "model.safetensors") for r in (control, split_run)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_evaluate_cli_prints_a_per_class_table_and_refuses_an_unknown_model(
+    split_run, holdout_data, tmp_path
+):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    common = ["--data.root", str(holdout_data["single_label"]), "--data.num_workers", "0"]
+    common += ["--experiment", "tests-evaluation", "--artifact_location", str(tmp_path / "a")]
+    command = [sys.executable, "-m", "training", "evaluate"]
+    ok = subprocess.run(
+        [*command, f"models:/{MODEL}@champion", *common],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    lines = ok.stdout.splitlines()
+    assert lines[0].split() == ["label", "precision", "recall", "f1", "support"]
+    assert {line.split()[0] for line in lines[2 : 2 + len(SHAPES)]} == set(SHAPES)
+    assert any(line.startswith("accuracy: ") for line in lines)
+
+    bad = subprocess.run(
+        [*command, "models:/no-such-model@champion", *common],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "no-such-model" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_evaluate_measures_what_the_predictor_predicts_and_links_the_version(
+    split_run, holdout_data, tmp_path
+):
+    root = holdout_data["single_label"]
+    result = evaluate_model(
+        model_uri=f"models:/{MODEL}@champion",
+        config=_evaluation_config(tmp_path, DataConfig(root=root, num_workers=0)),
+    )
+    # The same images through the service's Predictor, in-process, in float32.
+    predictor = Predictor.from_artifact(split_run.artifact_dir, precision="float32")
+    files = _files(root)
+    scores = predictor.scores(predictor.preprocess([load_image(p) for p, _ in files]))
+    targets = torch.tensor([predictor.labels.index(shape) for _, shape in files])
+    expected = single_label_metrics(scores, targets, predictor.labels)
+    assert result.num_images == len(files)
+    for key in ("accuracy", "top5", "macro_f1"):
+        assert result.metrics[key] == pytest.approx(expected[key])
+    assert [r.support for r in result.per_class] == [
+        sum(s == name for _, s in files) for name in predictor.labels.names
+    ]
+
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["model.name"] == MODEL
+    assert run.data.tags["model.version"] == split_run.registered_version
+    assert run.data.params["num_images"] == str(len(files))
+    assert run.data.metrics["eval_accuracy"] == pytest.approx(expected["accuracy"])
+    logged = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert logged == {"plots/confusion_matrix.png"}
+    assert client.list_artifacts(result.run_id, "evaluation")[0].path == (
+        "evaluation/per_class.csv"
+    )
+    version = client.get_model_version(MODEL, split_run.registered_version)
+    assert version.tags["eval.single_label.run_id"] == result.run_id
+    assert version.tags["eval.single_label.accuracy"] == f"{expected['accuracy']:.4f}"
+
+
+def test_evaluate_a_bento_tag_and_the_test_split(split_run, split_data, tmp_path):
+    from registry.bento_import import import_from_mlflow
+
+    bento_model, _ = import_from_mlflow(f"models:/{MODEL}@champion", bento_name=MODEL)
+    data = DataConfig(root=split_data["train"], test_root=split_data["test"], num_workers=0)
+    config = _evaluation_config(tmp_path, data, split="test", name="holdout")
+    result = evaluate_model(model_uri=str(bento_model.tag), config=config)
+    assert result.lineage.registered_name == MODEL
+    assert result.lineage.model_version == split_run.registered_version
+    assert result.num_images == len(_files(split_data["test"]))
+    # The training loop's test evaluation and the service's path agree on these images.
+    assert result.metrics["accuracy"] == pytest.approx(
+        split_run.test_metrics["test_accuracy"], abs=1 / result.num_images + 1e-9
+    )
+    version = MlflowClient().get_model_version(MODEL, split_run.registered_version)
+    assert version.tags["eval.holdout.run_id"] == result.run_id

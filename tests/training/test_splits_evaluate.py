@@ -1,6 +1,7 @@
 """Explicit splits in a real run (the test split is evaluated once, never selects the model) and
 `python -m training evaluate`, which must measure what the service's Predictor does."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -198,3 +199,55 @@ def test_evaluate_a_bento_tag_and_the_test_split(split_run, split_data, tmp_path
     )
     version = MlflowClient().get_model_version(MODEL, split_run.registered_version)
     assert version.tags["eval.holdout.run_id"] == result.run_id
+
+
+def test_manifest_split_column_run_and_multi_label_evaluation_of_a_run_uri(
+    tmp_path, tracking_uri, holdout_data
+):
+    """A manifest's split column drives a multi-label run (test PR curves), and the run's
+    model evaluates by its runs:/ URI with per-class AP in the table."""
+    source = holdout_data["multi_label"]
+    rows = list(csv.DictReader(source.open()))[:60]
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "labels", "split"])
+        for i, row in enumerate(rows):
+            split = "train" if i < 36 else "val" if i < 48 else "test"
+            writer.writerow([row["path"], row["labels"], split])
+    settings = {
+        "data.format": "csv",
+        "data.root": str(source.parent),
+        "data.manifest": str(manifest),
+        "data.num_workers": "0",
+        "model.architecture": "test_resnet",
+        "optim.epochs": "2",
+        "optim.batch_size": "16",
+        "mlflow.tracking_uri": tracking_uri,
+        "mlflow.experiment": "tests-splits-csv",
+        "mlflow.artifact_location": str(tmp_path / "artifacts"),
+        "mlflow.registered_model": "null",
+        "output_dir": str(tmp_path / "runs"),
+    }
+    result = train(load_config(overrides=settings))
+    client = MlflowClient()
+    params = client.get_run(result.run_id).data.params
+    assert [params[f"resolved.{s}_samples"] for s in ("train", "val", "test")] == ["36", "12", "12"]
+    assert "test_map" in result.test_metrics
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots/test")}
+    assert plots == {"plots/test/pr_curves.png"}
+
+    data = DataConfig(format="csv", root=source.parent, manifest=manifest, num_workers=0)
+    evaluation = evaluate_model(
+        model_uri=f"runs:/{result.run_id}/model",
+        config=_evaluation_config(tmp_path, data, split="test"),
+    )
+    assert evaluation.num_images == 12
+    assert evaluation.dataset == "manifest-test"
+    assert evaluation.lineage.run_id == result.run_id
+    assert evaluation.lineage.model_version == ""  # not registered: no version to tag
+    with_positives = [r for r in evaluation.per_class if r.support]
+    assert with_positives
+    assert all(r.ap == evaluation.metrics[f"ap_{r.label}"] for r in with_positives)
+    logged = client.get_run(evaluation.run_id).data.metrics
+    assert logged["eval_map"] == pytest.approx(evaluation.metrics["map"])

@@ -172,12 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Print the per-class table (the command's output, on stdout); 2 for bad input."""
     from pydantic import ValidationError
 
-    from registry.tracking_server import TrackingServerError
-    from scoring.model_source import ModelSourceError
-
     from .config import apply_override
-    from .data import DataError
-    from .evaluate import evaluate_model, format_table
 
     values: dict = {}
     try:
@@ -188,6 +183,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (ValueError, ValidationError) as exc:
         logger.error("Invalid configuration: %s", exc)
         return 2
+
+    from registry.tracking_server import TrackingServerError
+    from scoring.model_source import ModelSourceError
+
+    from .data import DataError
+    from .evaluate import evaluate_model, format_table
+
     try:
         result = evaluate_model(model_uri=args.model_uri, config=config)
     except (ModelSourceError, DataError, TrackingServerError) as exc:

@@ -81,9 +81,8 @@ def resolve_tracking_uri(configured: str | None) -> str:
 
 def _split_root(data: DataConfig, split: str) -> Path:
     # EvaluationConfig has checked that the split's folder is given.
-    return {"all": data.root, "train": data.root, "val": data.val_root, "test": data.test_root}[
-        split
-    ]
+    roots = {"all": data.root, "train": data.root, "val": data.val_root, "test": data.test_root}
+    return roots[split]
 
 
 def load_evaluation_samples(

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+import training.evaluate  # noqa: F401  (imports mlflow, which runs `uname`, outside the guard)
 from training.build import load_split
 from training.config import DataConfig, TrainConfig
 from training.data import DataError
@@ -157,3 +158,16 @@ def test_manifest_without_split_column_is_split_at_random_as_before(tmp_path):
     split = load_split(cfg=_csv_cfg(manifest))
     assert split.test_samples == []
     assert len(split.train_samples) + len(split.val_samples) == 10
+
+
+def test_evaluate_refuses_bad_input_with_exit_code_2_before_loading_a_model(tmp_path, caplog):
+    from training.__main__ import main
+
+    base = ["evaluate", "models:/m@champion", "--data.root", str(tmp_path)]
+    assert main([*base, "--split", "test"]) == 2  # no data.test_root
+    assert "split test needs data.test_root" in caplog.text
+    assert main([*base, "--split", "holdout"]) == 2
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main([*base, "--tracking_uri", missing]) == 2
+    assert "none.db" in caplog.text
+    assert not (tmp_path / "none.db").exists()

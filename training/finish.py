@@ -150,6 +150,8 @@ def finish(
     test_metrics = _log_test(cfg=cfg, best_dir=best_dir, setup=setup)
 
     monitored = MONITORED[best.spec.task]
+    test_tag = f"test_{monitored}"
+    test_tags = {test_tag: f"{test_metrics[test_tag]:.4f}"} if test_metrics else {}
     version = tracking.log_and_register_model(
         cfg,
         artifact_dir=best_dir,
@@ -158,7 +160,7 @@ def finish(
             "task": best.spec.task.value,
             "architecture": best.spec.architecture,
             f"val_{monitored}": f"{state.best_score:.4f}",
-            **{k: f"{v:.4f}" for k, v in test_metrics.items() if k == f"test_{monitored}"},
+            **test_tags,
         },
     )
     return TrainResult(

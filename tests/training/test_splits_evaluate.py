@@ -13,9 +13,11 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from models import Predictor, load_image
+from models.artifact import load_artifact
+from models.preprocessing import create_eval_transform
 from training.config import DataConfig, EvaluationConfig, load_config
 from training.evaluate import evaluate_model
-from training.metrics import single_label_metrics
+from training.metrics import compute_metrics, single_label_metrics
 from training.synthetic import SHAPES, SyntheticSpec, write_single_label
 from training.train import train
 
@@ -37,17 +39,18 @@ def split_data(tmp_path_factory, holdout_data) -> dict[str, Path]:
 
 
 def _split_settings(out: Path, tracking_uri: str, split_data: dict[str, Path]) -> dict[str, str]:
-    # Settings under which validation accuracy rises and falls (its best is not the last epoch),
-    # so that a best model chosen by anything else than validation would show.
+    # No later epoch can beat epoch 1 by min_delta=1.0, so the best model is epoch 1's while
+    # training goes on: test figures measured with any other weights than the best would show.
     return {
         "data.root": str(split_data["train"]),
         "data.val_root": str(split_data["val"]),
         "data.test_root": str(split_data["test"]),
         "data.num_workers": "0",
         "model.architecture": "test_resnet",
-        "optim.epochs": "6",
+        "optim.epochs": "3",
         "optim.batch_size": "16",
         "optim.lr": "0.02",
+        "optim.min_delta": "1.0",
         "mlflow.tracking_uri": tracking_uri,
         "mlflow.experiment": "tests-splits",
         "mlflow.artifact_location": str(out / "artifacts"),
@@ -89,13 +92,28 @@ def test_explicit_split_run_logs_test_metrics_and_plots(split_run, split_data):
     assert version.tags["test_accuracy"] == f"{metrics['test_accuracy']:.4f}"
 
 
+@torch.inference_mode()
+def test_the_test_metrics_are_those_of_the_best_weights(split_run, split_data):
+    model, spec = load_artifact(split_run.artifact_dir)
+    transform = create_eval_transform(spec.preprocessing)
+    files = _files(split_data["test"])
+    batch = torch.stack([transform(load_image(p)) for p, _ in files])
+    targets = torch.tensor([spec.label_set.index(shape) for _, shape in files])
+    expected = compute_metrics(model.eval()(batch), targets, spec.label_set, spec.task)
+    for key in ("accuracy", "top5", "macro_f1"):
+        assert split_run.test_metrics[f"test_{key}"] == pytest.approx(expected[key], abs=1e-9)
+    # The weights training ended with are not the best ones: the check above tells them apart.
+    last = torch.load(split_run.artifact_dir.parent / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(last[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_test_split_is_measured_once_and_never_selects_the_model(split_run):
     client = MlflowClient()
     val = client.get_metric_history(split_run.run_id, "val_accuracy")
     scores = [m.value for m in sorted(val, key=lambda m: m.step)]
-    assert len(scores) == 6
-    assert split_run.best_epoch == scores.index(max(scores)) + 1  # the first best on validation
+    assert len(scores) == 3  # every epoch validated; the test split measured once, at the end
     assert len(client.get_metric_history(split_run.run_id, "test_accuracy")) == 1
+    assert split_run.best_epoch == 1  # as validation and min_delta decide
 
 
 def test_without_the_test_split_the_same_run_trains_the_same_model(

@@ -32,6 +32,7 @@ class ModelLineage:
     model: str  # pinned: models:/Name/<version>, runs:/..., a Bento tag with its version, a path
     model_version: str = ""
     run_id: str = ""
+    registered_name: str = ""  # the MLflow registered model, when the source is a version of one
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,10 @@ def resolve_mlflow(uri: str, *, tracking_uri: str | None = None) -> ModelLineage
         raise ModelSourceError(str(exc)) from None
     mlflow.set_tracking_uri(tracking_uri)
     return ModelLineage(
-        model=resolved.download_uri, model_version=resolved.version, run_id=resolved.run_id
+        model=resolved.download_uri,
+        model_version=resolved.version,
+        run_id=resolved.run_id,
+        registered_name=resolved.registered_name,
     )
 
 
@@ -139,5 +143,6 @@ def _from_bento(tag: str, *, device: str, precision: str) -> LoadedModel:
         model=str(stored.tag),
         model_version=labels.get("mlflow_version", ""),
         run_id=labels.get("mlflow_run_id", ""),
+        registered_name=labels.get("mlflow_registered_name", ""),
     )
     return LoadedModel(_predictor(directory, device=device, precision=precision), lineage)

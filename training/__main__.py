@@ -1,7 +1,8 @@
-"""Command line: ``python -m training train|make-demo-data``.
+"""Command line: ``python -m training train|evaluate|promote|make-demo-data``.
 
 Every training setting is a flag named by its dotted config path (``--optim.lr 3e-4``); flags
-override the YAML config, which overrides the built-in defaults.
+override the YAML config, which overrides the built-in defaults. ``evaluate MODEL_URI`` takes
+the data settings the same way (``--data.root``) and its own (``--split test``).
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import leaf_fields
+from pydantic import BaseModel
+
+from .config import EvaluationConfig, TrainConfig, leaf_fields
 
 logger = logging.getLogger("training")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (override the YAML config)")
-    for dotted, info in leaf_fields().items():
+def _add_setting_flags(
+    parser: argparse.ArgumentParser,
+    config: type[BaseModel] = TrainConfig,
+    title: str = "settings (override the YAML config)",
+) -> None:
+    group = parser.add_argument_group(title)
+    for dotted, info in leaf_fields(config).items():
         default = info.default if info.default_factory is None else info.default_factory()
         group.add_argument(
             f"--{dotted}",
@@ -52,6 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved config and exit without training",
     )
     _add_setting_flags(train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="a model's metrics on labelled data, as the service predicts; logged to MLflow",
+    )
+    evaluate.add_argument(
+        "model_uri",
+        metavar="MODEL_URI",
+        help="models:/Name@alias, models:/Name/<version>, runs:/<run_id>/<path>, a Bento tag "
+        "(name[:version]) in the BentoML store, or a local artifact directory",
+    )
+    _add_setting_flags(evaluate, EvaluationConfig, "evaluation settings")
+
+    promote = sub.add_parser(
+        "promote",
+        help="evaluate a registered version and move an MLflow alias to it only if it meets "
+        "every --require bar (exit 1 and the alias unchanged when it does not)",
+    )
+    promote.add_argument(
+        "model_uri",
+        metavar="MODEL_URI",
+        help="the registered version to promote: models:/Name/<version> or models:/Name@alias",
+    )
+    promote.add_argument("--alias", required=True, help="the MLflow alias to move, e.g. champion")
+    promote.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="METRIC>=VALUE",
+        help="a bar on the evaluation's metrics (METRIC>=VALUE or METRIC<=VALUE, e.g. "
+        "accuracy>=0.9, macro_f1>=0.8, map>=0.85); repeat for several, all must hold",
+    )
+    _add_setting_flags(promote, EvaluationConfig, "evaluation settings")
 
     demo = sub.add_parser("make-demo-data", help="write the synthetic shapes dataset")
     demo.add_argument(
@@ -92,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         return 0
+
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "promote":
+        return _promote(args)
 
     from pydantic import ValidationError
 
@@ -142,6 +187,77 @@ def main(argv: list[str] | None = None) -> int:
         result.run_id,
         result.registered_name,
         result.registered_version,
+    )
+    return 0
+
+
+def _evaluation_config(args: argparse.Namespace) -> EvaluationConfig | None:
+    """The evaluation settings from the flags; None (logged) when they are invalid."""
+    from pydantic import ValidationError
+
+    from .config import apply_override
+
+    values: dict = {}
+    try:
+        for key, raw in vars(args).items():
+            if key.startswith("set:") and raw is not None:
+                apply_override(values, key.removeprefix("set:"), raw, config=EvaluationConfig)
+        return EvaluationConfig.model_validate(values)
+    except (ValueError, ValidationError) as exc:
+        logger.error("Invalid configuration: %s", exc)
+        return None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Print the per-class table (the command's output, on stdout); 2 for bad input."""
+    config = _evaluation_config(args)
+    if config is None:
+        return 2
+
+    from registry.tracking_server import TrackingServerError
+    from scoring.model_source import ModelSourceError
+
+    from .data import DataError
+    from .evaluate import evaluate_model, format_table
+
+    try:
+        result = evaluate_model(model_uri=args.model_uri, config=config)
+    except (ModelSourceError, DataError, TrackingServerError) as exc:
+        logger.error("%s", exc)
+        return 2
+    sys.stdout.write(format_table(result) + "\n")
+    if result.run_id:
+        logger.info("Logged as MLflow run %s", result.run_id)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    """0: promoted; 1: a bar was not met (the alias is unchanged); 2: bad input."""
+    config = _evaluation_config(args)
+    if config is None:
+        return 2
+
+    from registry.tracking_server import TrackingServerError
+    from scoring.model_source import ModelSourceError
+
+    from .data import DataError
+    from .evaluate import format_table
+    from .promote import PromotionError, Requirement, promote_model
+
+    try:
+        requirements = [Requirement.parse(text) for text in args.require]
+        result = promote_model(
+            model_uri=args.model_uri, alias=args.alias, requirements=requirements, config=config
+        )
+    except (PromotionError, ModelSourceError, DataError, TrackingServerError) as exc:
+        logger.error("%s", exc)
+        return 2
+    sys.stdout.write(format_table(result.evaluation) + "\n")
+    if not result.promoted:
+        sys.stdout.write(f"NOT promoted: {'; '.join(result.unmet)}\n")
+        return 1
+    sys.stdout.write(
+        f"promoted: {result.registered_name} @{result.alias} -> version {result.version}\n"
     )
     return 0
 

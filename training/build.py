@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +19,17 @@ from models.preprocessing import PreprocessConfig, create_eval_transform, create
 
 from . import balance, finetune
 from .config import TrainConfig
-from .data import DataError, DataIssue, ImageDataset, Sample, load_dataset, split_samples
+from .data import (
+    DataError,
+    DataIssue,
+    ImageDataset,
+    LoadedData,
+    Sample,
+    explicit_split,
+    has_explicit_splits,
+    load_dataset,
+    split_samples,
+)
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
 
 logger = logging.getLogger(__name__)
@@ -31,6 +41,9 @@ class DataSplit:
     train_samples: list[Sample]
     val_samples: list[Sample]
     issues: list[DataIssue]  # the bad samples skipped (data.on_error=skip)
+    # Evaluated once with the best model (finish step), never for model selection; empty
+    # when the data has no test split.
+    test_samples: list[Sample] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -81,9 +94,12 @@ def _check_task(*, samples: list[Sample], task: Task) -> None:
 
 
 def load_split(*, cfg: TrainConfig) -> DataSplit:
-    """The validated dataset, split into training and validation samples."""
+    """The validated dataset, split into training and validation (and test) samples: as the
+    data gives them (data.val_root/test_root, a manifest's split column), else at random."""
     data = load_dataset(cfg.data)
     _check_task(samples=data.samples, task=cfg.task)
+    if has_explicit_splits(cfg.data, data.samples):
+        return _explicit_data_split(cfg=cfg, data=data)
     train_samples, val_samples = split_samples(data.samples, cfg.data, cfg.seed)
     logger.info(
         "%d labels, %d training / %d validation samples (%d skipped)",
@@ -93,6 +109,20 @@ def load_split(*, cfg: TrainConfig) -> DataSplit:
         len(data.issues),
     )
     return DataSplit(data.labels, train_samples, val_samples, data.issues)
+
+
+def _explicit_data_split(*, cfg: TrainConfig, data: LoadedData) -> DataSplit:
+    split = explicit_split(data, cfg.data, cfg.seed)
+    _check_task(samples=split.val + split.test, task=cfg.task)
+    logger.info(
+        "%d labels, %d training / %d validation / %d test samples (explicit splits; %d skipped)",
+        len(split.labels),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        len(split.issues),
+    )
+    return DataSplit(split.labels, split.train, split.val, split.issues, split.test)
 
 
 def _model_spec(*, cfg: TrainConfig, labels: LabelSet, preprocess: PreprocessConfig) -> ModelSpec:
@@ -161,6 +191,15 @@ def build_loaders(
         _loader(train_data, cfg=cfg, shuffle=True, generator=generator, sampler=sampler),
         _loader(val_data, cfg=cfg, shuffle=False),
     )
+
+
+def build_eval_loader(
+    *, cfg: TrainConfig, samples: list[Sample], labels: LabelSet, spec: ModelSpec
+) -> DataLoader:
+    """Unshuffled, unaugmented: the validation loader's recipe for other samples (the test
+    split)."""
+    dataset = ImageDataset(samples, labels, cfg.task, create_eval_transform(spec.preprocessing))
+    return _loader(dataset, cfg=cfg, shuffle=False)
 
 
 def build_training(*, cfg: TrainConfig) -> TrainingSetup:

@@ -27,6 +27,7 @@ from .config import DataConfig
 
 logger = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")  # the values of a manifest's split column
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -39,6 +40,7 @@ class Sample:
     path: Path
     labels: tuple[str, ...]
     origin: str  # where it came from, for error messages: a path or "manifest.csv:row 12"
+    split: str = ""  # a manifest's split column (train|val|test); "" when it has none
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,18 @@ def _refuse_outside_root(outside: list[DataIssue], root: Path) -> None:
         )
 
 
+def _refuse_bad_splits(bad: list[DataIssue], manifest: Path) -> None:
+    # Not a per-sample problem that on_error could skip: a row without a valid split would
+    # silently move data between training and evaluation.
+    if bad:
+        shown = "\n  ".join(str(i) for i in bad[:20])
+        extra = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{manifest} has a split column, so every row needs one of {'|'.join(SPLITS)}; "
+            f"{len(bad)} row(s) do not:\n  {shown}{extra}"
+        )
+
+
 def read_manifest(
     manifest: Path, root: Path, separator: str, *, allow_outside_root: bool = False
 ) -> tuple[list[Sample], list[DataIssue]]:
@@ -101,7 +115,7 @@ def read_manifest(
     """
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist")
-    samples, issues, outside = [], [], []
+    samples, issues, outside, bad_splits = [], [], [], []
     with open(manifest, newline="") as fh:
         reader = csv.DictReader(fh)
         missing_columns = {"path", "labels"} - set(reader.fieldnames or [])
@@ -109,8 +123,12 @@ def read_manifest(
             raise DataError(
                 f"{manifest} lacks column(s) {sorted(missing_columns)}; found {reader.fieldnames}"
             )
+        has_split = "split" in (reader.fieldnames or [])
         for row_number, row in enumerate(reader, start=2):  # row 1 is the header
             origin = f"{manifest}:row {row_number}"
+            split = (row.get("split") or "").strip().lower() if has_split else ""
+            if has_split and split not in SPLITS:
+                bad_splits.append(DataIssue(origin, f"split {row.get('split')!r}"))
             raw_path = (row.get("path") or "").strip()
             labels = tuple(
                 sorted({x.strip() for x in (row.get("labels") or "").split(separator) if x.strip()})
@@ -125,8 +143,9 @@ def read_manifest(
             if not allow_outside_root and _outside_root(path, root):
                 outside.append(DataIssue(origin, raw_path))
                 continue
-            samples.append(Sample(path, labels, f"{origin} ({path})"))
+            samples.append(Sample(path, labels, f"{origin} ({path})", split))
     _refuse_outside_root(outside, root)
+    _refuse_bad_splits(bad_splits, manifest)
     if not samples and not issues:
         raise DataError(f"{manifest} has no rows")
     return samples, issues
@@ -228,6 +247,116 @@ def split_samples(
             "add data or change data.val_fraction / data.num_folds"
         )
     return train, val
+
+
+@dataclass(frozen=True)
+class ExplicitSplit:
+    """Train, validation and test samples as the data says (folders or a split column)."""
+
+    labels: LabelSet  # from the training split (or data.labels when fixed)
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]  # empty when the data has no test split
+    issues: list[DataIssue]  # val/test samples skipped (data.on_error=skip)
+
+
+def has_explicit_splits(config: DataConfig, samples: Sequence[Sample]) -> bool:
+    """Folders given by ``val_root``/``test_root``, or a manifest with a split column (which
+    every row then has: :func:`read_manifest` refuses a row without one)."""
+    return bool(config.val_root or config.test_root or any(s.split for s in samples))
+
+
+def _apply_on_error(issues: list[DataIssue], on_error: str, what: str) -> None:
+    if not issues:
+        return
+    shown = "\n  ".join(str(i) for i in issues[:20])
+    extra = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+    if on_error == "fail":
+        raise DataError(
+            f"{len(issues)} bad {what} sample(s) (set data.on_error=skip to skip them):"
+            f"\n  {shown}{extra}"
+        )
+    logger.warning("Skipping %d bad %s sample(s):\n  %s%s", len(issues), what, shown, extra)
+
+
+def _known_labels_only(
+    samples: Sequence[Sample], labels: LabelSet, *, on_error: str, what: str
+) -> tuple[list[Sample], list[DataIssue]]:
+    """A val/test sample with a label the training split lacks is a data issue."""
+    known = set(labels.names)
+    good, issues = [], []
+    for sample in samples:
+        unknown = sorted(set(sample.labels) - known)
+        if unknown:
+            issues.append(DataIssue(sample.origin, f"label(s) {unknown} not in the training split"))
+        else:
+            good.append(sample)
+    _apply_on_error(issues, on_error, what)
+    return good, issues
+
+
+def _load_folder_split(config: DataConfig, root: Path, labels: LabelSet, what: str) -> LoadedData:
+    """``root/<label>/`` checked like data.root, against the training split's labels."""
+    try:
+        return load_dataset(config.model_copy(update={"root": root, "labels": list(labels.names)}))
+    except DataError as exc:
+        raise DataError(f"{what} split ({root}): {exc}") from None
+
+
+def _folder_splits(
+    train_data: LoadedData, config: DataConfig
+) -> tuple[list[Sample], list[Sample] | None, list[Sample], list[DataIssue]]:
+    labels, issues = train_data.labels, list(train_data.issues)
+    val = test = None
+    if config.val_root:
+        loaded = _load_folder_split(config, config.val_root, labels, "validation")
+        val, issues = loaded.samples, issues + loaded.issues
+    if config.test_root:
+        loaded = _load_folder_split(config, config.test_root, labels, "test")
+        test, issues = loaded.samples, issues + loaded.issues
+    return train_data.samples, val, test or [], issues
+
+
+def _manifest_splits(
+    data: LoadedData, config: DataConfig
+) -> tuple[LabelSet, list[Sample], list[Sample] | None, list[Sample], list[DataIssue]]:
+    by_split = {name: [s for s in data.samples if s.split == name] for name in SPLITS}
+    if not by_split["train"]:
+        raise DataError(f"{config.manifest} has a split column but no usable 'train' rows")
+    fixed = LabelSet.from_names(config.labels) if config.labels else None
+    labels = fixed or LabelSet.from_names(sorted({n for s in by_split["train"] for n in s.labels}))
+    issues = list(data.issues)
+    val, more = _known_labels_only(
+        by_split["val"], labels, on_error=config.on_error, what="validation"
+    )
+    test, even_more = _known_labels_only(
+        by_split["test"], labels, on_error=config.on_error, what="test"
+    )
+    issues += more + even_more
+    if by_split["val"] and not val:
+        raise DataError(f"no usable 'val' rows left in {config.manifest}")
+    return labels, by_split["train"], val or None, test, issues
+
+
+def explicit_split(data: LoadedData, config: DataConfig, seed: int) -> ExplicitSplit:
+    """The splits the data gives; no random split, except that without a validation split
+    (only a test split) validation is still split off the training data as usual.
+
+    ``data`` is ``load_dataset(config)``: data.root's samples, or the whole manifest.
+    """
+    if config.format == "folder":
+        labels = data.labels
+        train, val, test, issues = _folder_splits(data, config)
+    else:
+        labels, train, val, test, issues = _manifest_splits(data, config)
+        if val is not None and config.num_folds:
+            raise DataError(
+                f"{config.manifest} has 'val' rows: data.num_folds cannot be used with an "
+                "explicit validation split"
+            )
+    if val is None:
+        train, val = split_samples(train, config, seed)
+    return ExplicitSplit(labels, train, val, test, issues)
 
 
 class ImageDataset(Dataset):

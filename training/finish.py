@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -14,7 +14,7 @@ from models.artifact import ModelSpec, load_artifact
 from models.labels import LabelSet, Task, scores_from_logits
 
 from . import checkpoint, plots, thresholds, tracking
-from .build import TrainingSetup
+from .build import TrainingSetup, build_eval_loader
 from .config import TrainConfig
 from .engine import evaluate
 from .metrics import MONITORED, compute_metrics, multi_label_metrics, scalar_metrics
@@ -32,6 +32,7 @@ class TrainResult:
     registered_name: str | None
     registered_version: str | None
     val_metrics: dict[str, float]
+    test_metrics: dict[str, float] = field(default_factory=dict)  # empty without a test split
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,70 @@ def _tune_thresholds(*, best_dir: Path, best: _BestEvaluation, labels: LabelSet)
     )
 
 
+def _evaluate_test(
+    *, cfg: TrainConfig, best_dir: Path, setup: TrainingSetup
+) -> _BestEvaluation | None:
+    """The saved best artifact on the test split, if any: once, after training, so the test
+    split can never select a model or stop training."""
+    if not setup.split.test_samples:
+        return None
+    best_model, spec = load_artifact(best_dir)
+    loader = build_eval_loader(
+        cfg=cfg, samples=setup.split.test_samples, labels=setup.labels, spec=spec
+    )
+    logits, targets, _ = evaluate(
+        model=best_model.to(setup.precision.device),
+        loader=loader,
+        loss_fn=setup.loss_fn,
+        precision=setup.precision,
+        desc="test",
+    )
+    # With the tuned per-class thresholds when there are: the test figure is the served model's.
+    metrics = compute_metrics(
+        logits,
+        targets,
+        setup.labels,
+        spec.task,
+        threshold=spec.threshold,
+        class_thresholds=spec.class_thresholds,
+    )
+    return _BestEvaluation(spec, metrics, logits, targets)
+
+
+def _log_test_plots(*, task: Task, test: _BestEvaluation, labels: LabelSet) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if task is Task.SINGLE_LABEL:
+            plots.plot_confusion_matrix(
+                test.metrics["confusion_matrix"],
+                labels.names,
+                out / "confusion_matrix.png",
+                split="test",
+            )
+        else:
+            plots.plot_pr_curves(
+                y_true=test.targets.numpy(),
+                y_score=scores_from_logits(test.logits, task).numpy(),
+                labels=labels.names,
+                path=out / "pr_curves.png",
+                split="test",
+            )
+        mlflow.log_artifacts(str(out), "plots/test")
+
+
+def _log_test(*, cfg: TrainConfig, best_dir: Path, setup: TrainingSetup) -> dict[str, float]:
+    """``test_*`` metrics and ``plots/test/``; ``{}`` without a test split."""
+    test = _evaluate_test(cfg=cfg, best_dir=best_dir, setup=setup)
+    if test is None:
+        return {}
+    metrics = scalar_metrics(test.metrics, prefix="test_")
+    mlflow.log_metrics(metrics)
+    _log_test_plots(task=cfg.task, test=test, labels=setup.labels)
+    monitored = MONITORED[test.spec.task]
+    logger.info("Test %s of the best model: %.4f", monitored, test.metrics[monitored])
+    return metrics
+
+
 def finish(
     *, cfg: TrainConfig, setup: TrainingSetup, state: checkpoint.TrainingState, run_dir: Path
 ) -> TrainResult:
@@ -125,8 +190,11 @@ def finish(
         # Before the model is logged and registered: the registered version carries them.
         _tune_thresholds(best_dir=best_dir, best=best, labels=setup.labels)
     _log_final_plots(task=cfg.task, history=state.history, best=best, labels=setup.labels)
+    test_metrics = _log_test(cfg=cfg, best_dir=best_dir, setup=setup)
 
     monitored = MONITORED[best.spec.task]
+    test_tag = f"test_{monitored}"
+    test_tags = {test_tag: f"{test_metrics[test_tag]:.4f}"} if test_metrics else {}
     version = tracking.log_and_register_model(
         cfg,
         artifact_dir=best_dir,
@@ -135,6 +203,7 @@ def finish(
             "task": best.spec.task.value,
             "architecture": best.spec.architecture,
             f"val_{monitored}": f"{state.best_score:.4f}",
+            **test_tags,
         },
     )
     return TrainResult(
@@ -146,4 +215,5 @@ def finish(
         registered_name=cfg.mlflow.registered_model,
         registered_version=version,
         val_metrics=final,
+        test_metrics=test_metrics,
     )

@@ -61,11 +61,33 @@ def compute_metrics(
     task: Task,
     *,
     threshold: float = 0.5,
+    class_thresholds: dict[str, float] | None = None,
 ) -> dict:
-    scores = scores_from_logits(logits, task)
+    return metrics_from_scores(
+        scores_from_logits(logits, task),
+        targets,
+        labels,
+        task,
+        threshold=threshold,
+        class_thresholds=class_thresholds,
+    )
+
+
+def metrics_from_scores(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    labels: LabelSet,
+    task: Task,
+    *,
+    threshold: float = 0.5,
+    class_thresholds: dict[str, float] | None = None,
+) -> dict:
+    """:func:`compute_metrics` for class probabilities (what ``models.Predictor.scores`` gives)."""
     if task is Task.SINGLE_LABEL:
         return single_label_metrics(scores, targets, labels)
-    return multi_label_metrics(scores, targets, labels, threshold=threshold)
+    return multi_label_metrics(
+        scores, targets, labels, threshold=threshold, class_thresholds=class_thresholds
+    )
 
 
 def metric_safe(name: str) -> str:

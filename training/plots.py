@@ -30,7 +30,9 @@ def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Path) -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray, labels: tuple[str, ...], path: Path, *, split: str = "validation"
+) -> Path:
     size = max(4.0, 0.45 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -39,7 +41,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Pat
         yticks=range(len(labels)),
         xlabel="predicted",
         ylabel="true",
-        title="Confusion matrix (validation)",
+        title=f"Confusion matrix ({split})",
     )
     ax.set_xticklabels(labels, rotation=90)
     ax.set_yticklabels(labels)
@@ -53,7 +55,12 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: tuple[str, ...], path: Pat
 
 
 def plot_pr_curves(
-    *, y_true: np.ndarray, y_score: np.ndarray, labels: tuple[str, ...], path: Path
+    *,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    labels: tuple[str, ...],
+    path: Path,
+    split: str = "validation",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5))
     for i, name in enumerate(labels):
@@ -65,7 +72,7 @@ def plot_pr_curves(
         ylabel="precision",
         xlim=(0, 1),
         ylim=(0, 1.02),
-        title="Precision-recall per class (validation)",
+        title=f"Precision-recall per class ({split})",
     )
     if len(labels) <= 20:
         ax.legend(fontsize=7)

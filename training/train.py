@@ -32,6 +32,7 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
             "resolved.num_classes": len(split.labels),
             "resolved.train_samples": len(split.train_samples),
             "resolved.val_samples": len(split.val_samples),
+            "resolved.test_samples": len(split.test_samples),
             "resolved.skipped_samples": len(split.issues),
             "resolved.device": str(setup.precision.device),
             "resolved.input_size": str(setup.spec.preprocessing.input_size),
@@ -42,7 +43,11 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
     mlflow.log_metric("data_skipped", len(split.issues))
     if cfg.data.summarize:
         summary = summarize_dataset(
-            splits={"train": split.train_samples, "val": split.val_samples},
+            splits={
+                "train": split.train_samples,
+                "val": split.val_samples,
+                **({"test": split.test_samples} if split.test_samples else {}),
+            },
             labels=split.labels.names,
         )
         report_summary(summary)

@@ -19,18 +19,9 @@ from models.preprocessing import PreprocessConfig, create_eval_transform, create
 
 from . import balance, finetune
 from .config import TrainConfig
-from .data import (
-    DataError,
-    DataIssue,
-    ImageDataset,
-    LoadedData,
-    Sample,
-    explicit_split,
-    has_explicit_splits,
-    load_dataset,
-    split_samples,
-)
+from .data import DataError, DataIssue, ImageDataset, LoadedData, Sample, load_dataset
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
+from .splits import explicit_split, has_explicit_splits, split_samples
 
 logger = logging.getLogger(__name__)
 

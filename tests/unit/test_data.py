@@ -2,7 +2,8 @@ import pytest
 from PIL import Image
 
 from training.config import DataConfig
-from training.data import DataError, load_dataset, split_samples
+from training.data import DataError, load_dataset
+from training.splits import split_samples
 
 
 def _image(path, colour="red"):

@@ -74,6 +74,27 @@ def _raise_keyboard_interrupt(signum, frame):  # SIGTERM -> the same clean path 
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _train(cfg, ctx):
+    """``train(cfg)``, inside the process group of a torchrun job when there is one."""
+    from models.device import choose_device
+
+    from .distributed import process_group, raise_peer_stopped, rank_device
+    from .train import train
+
+    if not ctx.enabled:
+        return train(cfg)
+    # Under torchrun a SIGTERM comes from the agent ending the job because a rank failed.
+    signal.signal(signal.SIGTERM, raise_peer_stopped)
+    device = rank_device(ctx=ctx, device=choose_device(cfg.device).device)
+    with process_group(
+        ctx=ctx,
+        backend=cfg.distributed.backend,
+        device=device,
+        timeout_s=cfg.distributed.timeout_s,
+    ):
+        return train(cfg, ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -116,12 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     from registry.tracking_server import TrackingServerError
 
     from .data import DataError
+    from .distributed import DistributedContext, PeerStoppedError
     from .rundir import RunDirBusyError
-    from .train import train
 
+    ctx = DistributedContext.from_env()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        result = train(cfg)
+        result = _train(cfg, ctx)
+    except PeerStoppedError as exc:
+        logger.error("%s; resume with --resume auto", exc)
+        return 1
     except DataError as exc:
         logger.error("Data error: %s", exc)
         return 2
@@ -134,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted; resume with --resume auto")
         return 130
+    if result is None:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
     logger.info(
         "Best %s %.4f at epoch %d; run %s; registered %s version %s",
         result.monitored,

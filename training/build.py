@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from models.artifact import ModelSpec
 from models.device import choose_device
@@ -18,6 +18,13 @@ from models.preprocessing import PreprocessConfig, create_eval_transform, create
 
 from .config import TrainConfig
 from .data import DataError, DataIssue, ImageDataset, Sample, load_dataset, split_samples
+from .distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    optimizer_steps_per_epoch,
+    rank_device,
+    shard_indices,
+)
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
 
 logger = logging.getLogger(__name__)
@@ -29,6 +36,15 @@ class DataSplit:
     train_samples: list[Sample]
     val_samples: list[Sample]
     issues: list[DataIssue]  # the bad samples skipped (data.on_error=skip)
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """What a rank of a torchrun job trains with beyond a single-process setup."""
+
+    ctx: DistributedContext
+    model: torch.nn.Module  # the DistributedDataParallel wrapper of TrainingSetup.model
+    val_shard_loader: DataLoader  # this rank's un-padded share of the validation set
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,21 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    # Under torchrun; model, checkpoints and artifacts stay the plain module's either way.
+    parallel: DataParallel | None = None
 
     @property
     def labels(self) -> LabelSet:
         return self.split.labels
+
+    @property
+    def ctx(self) -> DistributedContext:
+        return self.parallel.ctx if self.parallel else SINGLE_PROCESS
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """What the training step runs: the DDP wrapper under torchrun, else the model."""
+        return self.parallel.model if self.parallel else self.model
 
 
 def seed_everything(*, seed: int, deterministic: bool) -> None:
@@ -153,17 +180,87 @@ def build_loaders(
     )
 
 
-def build_training(*, cfg: TrainConfig) -> TrainingSetup:
+def _sync_batchnorm(*, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if device.type != "cuda":
+        raise ValueError(
+            f"distributed.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+            f"kernel); training is on {device}"
+        )
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def build_data_parallel(
+    *,
+    cfg: TrainConfig,
+    ctx: DistributedContext,
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    generator: torch.Generator,
+) -> tuple[DataLoader, DataParallel]:
+    """This rank's training loader (a ``DistributedSampler`` share, reshuffled each epoch by
+    ``set_epoch``) and its DDP wrapper and validation shard."""
+    sampler = DistributedSampler(
+        train_loader.dataset,
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=False,
+    )
+    train_share = DataLoader(
+        train_loader.dataset,
+        batch_size=cfg.optim.batch_size,
+        sampler=sampler,
+        drop_last=False,
+        num_workers=cfg.data.num_workers,
+        pin_memory=train_loader.pin_memory,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=False,
+    )
+    val_shard = DataLoader(
+        Subset(val_loader.dataset, shard_indices(len(val_loader.dataset), ctx=ctx)),
+        batch_size=cfg.optim.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        pin_memory=val_loader.pin_memory,
+        worker_init_fn=_seed_worker,
+    )
+    device = next(model.parameters()).device
+    wrapped = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    return train_share, DataParallel(ctx=ctx, model=wrapped, val_shard_loader=val_shard)
+
+
+def build_training(*, cfg: TrainConfig, ctx: DistributedContext = SINGLE_PROCESS) -> TrainingSetup:
     """Data, model, loaders, loss, optimiser, schedule and precision, in the order that the
-    seeded random state expects (a change of order changes the initial weights)."""
+    seeded random state expects (a change of order changes the initial weights). Under torchrun
+    (``ctx``) the model is wrapped in DDP, and each rank loads its share of the data."""
     split = load_split(cfg=cfg)
-    device = choose_device(cfg.device).device
+    device = rank_device(ctx=ctx, device=choose_device(cfg.device).device)
     precision = Precision.for_device(device, cfg.amp)
     model, spec = build_model(cfg=cfg, labels=split.labels, precision=precision)
+    if ctx.enabled and cfg.distributed.sync_batchnorm:
+        model = _sync_batchnorm(model=model, device=device)
     generator = torch.Generator()
     train_loader, val_loader = build_loaders(cfg=cfg, split=split, spec=spec, generator=generator)
+    parallel = None
+    if ctx.enabled:
+        train_loader, parallel = build_data_parallel(
+            cfg=cfg,
+            ctx=ctx,
+            model=model,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            generator=generator,
+        )
     loss_fn = create_loss(cfg.task, cfg.optim.label_smoothing)
     optimizer = create_optimizer(model, cfg.optim)
+    steps_per_epoch = optimizer_steps_per_epoch(
+        batches=len(train_loader), grad_accum_steps=cfg.optim.grad_accum_steps
+    )
     return TrainingSetup(
         task=cfg.task,
         split=split,
@@ -175,6 +272,7 @@ def build_training(*, cfg: TrainConfig) -> TrainingSetup:
         val_loader=val_loader,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, len(train_loader)),
+        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch),
         scaler=precision.grad_scaler(),
+        parallel=parallel,
     )

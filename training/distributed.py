@@ -14,6 +14,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -218,7 +220,15 @@ def sync_buffers(module: torch.nn.Module, *, ctx: DistributedContext) -> None:
 
 
 def raise_peer_stopped(signum, frame):
-    """SIGTERM handler for a rank with peers (see :class:`PeerStoppedError`)."""
+    """SIGTERM handler for a rank with peers (see :class:`PeerStoppedError`).
+
+    A rank that is already failing (a peer's death usually reaches it first as an error in a
+    collective) is left to finish: raising again would interrupt the MLflow call that marks the
+    run FAILED. Later SIGTERMs are ignored for the same reason."""
+    if sys.exc_info()[1] is not None:
+        logger.warning("Signal %d while already failing: finishing the failure first", signum)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise PeerStoppedError(
         f"signal {signum}: torchrun stopped this rank, as it does when another rank fails"
     )

@@ -82,8 +82,8 @@ def test_two_processes_train_one_run_that_passes_the_held_out_bar(
         demo_data["single_label"],
         tracking_uri,
         **{
-            "optim.epochs": "12",
-            "optim.patience": "12",
+            "optim.epochs": "20",
+            "optim.patience": "20",
             "mlflow.experiment": "tests-ddp",
             "mlflow.registered_model": "tests-ddp",
         },

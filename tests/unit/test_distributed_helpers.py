@@ -3,6 +3,8 @@ is sharded and put back together, gradient accumulation and the batch-size arith
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -12,10 +14,12 @@ from training.config import load_config
 from training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
+    PeerStoppedError,
     broadcast_object,
     gather_evaluation,
     global_batch_size,
     optimizer_steps_per_epoch,
+    raise_peer_stopped,
     rank_device,
     resolve_backend,
     restore_order,
@@ -132,3 +136,18 @@ def test_sync_batchnorm_is_refused_on_cpu():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     with pytest.raises(ValueError, match="sync_batchnorm needs CUDA"):
         _sync_batchnorm(model=model, device=torch.device("cpu"))
+
+
+def test_sigterm_under_torchrun_fails_the_rank_once_and_never_interrupts_a_failure():
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        try:
+            raise RuntimeError("a peer's collective failed")
+        except RuntimeError:
+            # Marking the run FAILED is under way: the signal must not interrupt it.
+            assert raise_peer_stopped(signal.SIGTERM, None) is None
+        with pytest.raises(PeerStoppedError, match="another rank fails"):
+            raise_peer_stopped(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

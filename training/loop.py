@@ -8,10 +8,12 @@ would run, since only one may talk to MLflow and write the run's folder.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from . import checkpoint, distributed
@@ -72,8 +74,12 @@ def run_epoch(*, cfg: TrainConfig, setup: TrainingSetup, epoch: int) -> EpochRes
     the other ranks)."""
     ctx = setup.ctx
     # Re-seeding per epoch makes a resumed run see the same data order and augmentation; each
-    # rank augments differently (rank 0 as a single process would).
+    # rank augments differently (rank 0 as a single process would). Python's and NumPy's
+    # generators too: timm's random-resized crop draws from `random`, in this process when
+    # data.num_workers is 0 (workers are seeded by _seed_worker).
     seed = cfg.seed + epoch + RANK_SEED_STRIDE * ctx.rank
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     setup.generator.manual_seed(seed)
     if setup.parallel:

@@ -155,6 +155,7 @@ def test_a_killed_rank_fails_the_job_and_resume_finishes_the_run(tmp_path, demo_
         **{
             "optim.epochs": "4",
             "optim.batch_size": "4",
+            "optim.grad_accum_steps": "2",  # DDP's no_sync() on every other micro-batch
             "mlflow.experiment": "tests-ddp-kill",
             "mlflow.registered_model": "null",
         },
@@ -197,3 +198,20 @@ def test_a_killed_rank_fails_the_job_and_resume_finishes_the_run(tmp_path, demo_
     client = MlflowClient()
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3, 4]
+    assert run.data.params["resolved.global_batch_size"] == str(4 * WORLD_SIZE * 2)
+
+    # The resumed job ends with exactly the weights of an uninterrupted one: the sampler's and
+    # the augmentation's per-epoch seeds, and the checkpoint, carry everything over.
+    straight = {
+        **settings,
+        "output_dir": str(tmp_path / "straight"),
+        "mlflow.experiment": "tests-ddp-straight",
+    }
+    straight_log = tmp_path / "straight.log"
+    assert _run(_torchrun(straight), straight_log, timeout=600) == 0, straight_log.read_text()[
+        -4000:
+    ]
+    [straight_dir] = (tmp_path / "straight").iterdir()
+    resumed_final = torch.load(checkpoint, weights_only=True)["model"]
+    straight_final = torch.load(straight_dir / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed_final[k], straight_final[k]) for k in straight_final)

@@ -108,7 +108,8 @@ class OptimConfig(_StrictConfig):
     grad_accum_steps: int = Field(
         1,
         ge=1,
-        description="micro-batches whose gradients are summed before each optimizer step; "
+        description="micro-batches whose gradients are averaged into each optimizer step (as "
+        "one batch that many times larger); "
         "global batch = optim.batch_size x processes (torchrun) x grad_accum_steps, and the "
         "schedule counts optimizer steps",
     )

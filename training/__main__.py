@@ -114,30 +114,58 @@ def _raise_keyboard_interrupt(signum, frame):  # SIGTERM -> the same clean path 
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _train(cfg, ctx):
+    """``train(cfg)``, inside the process group of a torchrun job when there is one."""
+    from models.device import choose_device
+
+    from .distributed import process_group, raise_peer_stopped, rank_device
+    from .train import train
+
+    if not ctx.enabled:
+        return train(cfg)
+    # Under torchrun a SIGTERM comes from the agent ending the job because a rank failed.
+    signal.signal(signal.SIGTERM, raise_peer_stopped)
+    device = rank_device(ctx=ctx, device=choose_device(cfg.device).device)
+    with process_group(
+        ctx=ctx,
+        backend=cfg.distributed.backend,
+        device=device,
+        timeout_s=cfg.distributed.timeout_s,
+    ):
+        return train(cfg, ctx)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "make-demo-data":
-        from .synthetic import SyntheticSpec, generate
+    commands = {
+        "make-demo-data": _make_demo_data,
+        "train": _train_command,
+        "evaluate": _evaluate,
+        "promote": _promote,
+    }
+    return commands[args.command](args)
 
-        generate(
-            args.out,
-            SyntheticSpec(
-                image_size=args.image_size,
-                seed=args.seed,
-                single_label_per_class=args.per_class,
-                multi_label_images=args.multi_label_images,
-            ),
-        )
-        return 0
 
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "promote":
-        return _promote(args)
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from .synthetic import SyntheticSpec, generate
 
+    generate(
+        args.out,
+        SyntheticSpec(
+            image_size=args.image_size,
+            seed=args.seed,
+            single_label_per_class=args.per_class,
+            multi_label_images=args.multi_label_images,
+        ),
+    )
+    return 0
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    """0: trained; 1: a torchrun peer failed; 2: bad input; 130: interrupted."""
     from pydantic import ValidationError
 
     from .config import load_config
@@ -161,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     from registry.tracking_server import TrackingServerError
 
     from .data import DataError
+    from .distributed import DistributedContext, PeerStoppedError
     from .rundir import RunDirBusyError
-    from .train import train
 
+    ctx = DistributedContext.from_env()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        result = train(cfg)
+        result = _train(cfg, ctx)
+    except PeerStoppedError as exc:
+        logger.error("%s; resume with --resume auto", exc)
+        return 1
     except DataError as exc:
         logger.error("Data error: %s", exc)
         return 2
@@ -179,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted; resume with --resume auto")
         return 130
+    if result is None:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return 0
     logger.info(
         "Best %s %.4f at epoch %d; run %s; registered %s version %s",
         result.monitored,

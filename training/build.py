@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 
@@ -19,8 +18,23 @@ from models.preprocessing import PreprocessConfig, create_eval_transform, create
 
 from . import balance, finetune
 from .config import TrainConfig
-from .data import DataError, DataIssue, ImageDataset, LoadedData, Sample, load_dataset
+from .data import (
+    DataError,
+    DataIssue,
+    ImageDataset,
+    LoadedData,
+    Sample,
+    load_dataset,
+    seed_worker,
+)
+from .distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    optimizer_steps_per_epoch,
+    rank_device,
+)
 from .engine import Precision, create_loss, create_optimizer, create_scheduler
+from .parallel import DataParallel, build_data_parallel, sync_batchnorm
 from .splits import explicit_split, has_explicit_splits, split_samples
 
 logger = logging.getLogger(__name__)
@@ -53,10 +67,21 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    # Under torchrun; model, checkpoints and artifacts stay the plain module's either way.
+    parallel: DataParallel | None = None
 
     @property
     def labels(self) -> LabelSet:
         return self.split.labels
+
+    @property
+    def ctx(self) -> DistributedContext:
+        return self.parallel.ctx if self.parallel else SINGLE_PROCESS
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """What the training step runs: the DDP wrapper under torchrun, else the model."""
+        return self.parallel.model if self.parallel else self.model
 
 
 def seed_everything(*, seed: int, deterministic: bool) -> None:
@@ -66,12 +91,6 @@ def seed_everything(*, seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def _check_task(*, samples: list[Sample], task: Task) -> None:
@@ -151,7 +170,7 @@ def _loader(
         drop_last=False,
         num_workers=cfg.data.num_workers,
         pin_memory=torch.cuda.is_available(),
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         generator=generator,
         # Fresh workers each epoch: they are seeded from the per-epoch generator, so a resumed run
         # sees the same order and augmentation as an uninterrupted one.
@@ -193,24 +212,40 @@ def build_eval_loader(
     return _loader(dataset, cfg=cfg, shuffle=False)
 
 
-def build_training(*, cfg: TrainConfig) -> TrainingSetup:
+def build_training(*, cfg: TrainConfig, ctx: DistributedContext = SINGLE_PROCESS) -> TrainingSetup:
     """Data, model, loaders, loss, optimiser, schedule and precision, in the order that the
-    seeded random state expects (a change of order changes the initial weights)."""
+    seeded random state expects (a change of order changes the initial weights). Under torchrun
+    (``ctx``) the model is wrapped in DDP, and each rank loads its share of the data."""
     finetune.check_world_size(
         freeze_backbone_epochs=cfg.optim.freeze_backbone_epochs,
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        world_size=ctx.world_size,
     )
     split = load_split(cfg=cfg)
-    device = choose_device(cfg.device).device
+    device = rank_device(ctx=ctx, device=choose_device(cfg.device).device)
     precision = Precision.for_device(device, cfg.amp)
     model, spec = build_model(cfg=cfg, labels=split.labels, precision=precision)
+    if ctx.enabled and cfg.distributed.sync_batchnorm:
+        model = sync_batchnorm(model=model, device=device)
     generator = torch.Generator()
     train_loader, val_loader = build_loaders(cfg=cfg, split=split, spec=spec, generator=generator)
+    parallel = None
+    if ctx.enabled:
+        train_loader, parallel = build_data_parallel(
+            cfg=cfg,
+            ctx=ctx,
+            model=model,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            generator=generator,
+        )
     weights = balance.loss_weights(
         samples=split.train_samples, labels=split.labels, task=cfg.task, cfg=cfg.optim
     )
     loss_fn = create_loss(cfg.task, cfg.optim.label_smoothing, weights).to(device)
     optimizer = create_optimizer(model, cfg.optim)
+    steps_per_epoch = optimizer_steps_per_epoch(
+        batches=len(train_loader), grad_accum_steps=cfg.optim.grad_accum_steps
+    )
     return TrainingSetup(
         task=cfg.task,
         split=split,
@@ -222,6 +257,7 @@ def build_training(*, cfg: TrainConfig) -> TrainingSetup:
         val_loader=val_loader,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, cfg.optim, len(train_loader)),
+        scheduler=create_scheduler(optimizer, cfg.optim, steps_per_epoch),
         scaler=precision.grad_scaler(),
+        parallel=parallel,
     )

@@ -54,8 +54,14 @@ class ModelConfig(_StrictConfig):
 
 class OptimConfig(_StrictConfig):
     epochs: int = Field(10, ge=1, description="maximum number of epochs")
-    batch_size: int = Field(32, ge=1, description="training batch size")
-    lr: float = Field(1e-3, gt=0.0, description="peak AdamW learning rate")
+    batch_size: int = Field(
+        32, ge=1, description="training batch size per process (under torchrun: per rank)"
+    )
+    lr: float = Field(
+        1e-3,
+        gt=0.0,
+        description="peak AdamW learning rate, used as given whatever the global batch size",
+    )
     weight_decay: float = Field(
         0.05, ge=0.0, description="AdamW weight decay (not on norms/biases)"
     )
@@ -89,6 +95,15 @@ class OptimConfig(_StrictConfig):
         "times the LR of the group above it (null: one LR for all)",
     )
 
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        description="micro-batches whose gradients are averaged into each optimizer step (as "
+        "one batch that many times larger); "
+        "global batch = optim.batch_size x processes (torchrun) x grad_accum_steps, and the "
+        "schedule counts optimizer steps",
+    )
+
     @model_validator(mode="after")
     def _check_stages(self) -> OptimConfig:
         if self.freeze_backbone_epochs > self.epochs:
@@ -103,6 +118,29 @@ class AugmentConfig(_StrictConfig):
     scale_min: float = Field(0.5, gt=0.0, le=1.0, description="random-resized-crop minimum area")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     color_jitter: float = Field(0.2, ge=0.0, description="colour jitter strength")
+
+
+class DistributedConfig(_StrictConfig):
+    """Data-parallel training under torchrun (ignored by a plain single-process run).
+
+    ``optim.batch_size`` is per process and ``optim.lr`` is used as given: with N processes
+    each optimizer step sees N x batch_size x grad_accum_steps samples, and the learning rate
+    is not scaled for it (scale it yourself if you want the linear-scaling rule).
+    """
+
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="process-group backend; auto: nccl on CUDA, gloo on CPU"
+    )
+    sync_batchnorm: bool = Field(
+        False,
+        description="convert BatchNorm layers to SyncBatchNorm (statistics over the global "
+        "batch; CUDA only)",
+    )
+    timeout_s: float = Field(
+        300.0,
+        gt=0.0,
+        description="longest wait in any collective before the job fails (a hung peer)",
+    )
 
 
 class MlflowConfig(_StrictConfig):
@@ -126,6 +164,7 @@ class TrainConfig(_StrictConfig):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     seed: int = Field(42, description="seed for splits, initialisation and data order")
     deterministic: bool = Field(True, description="deterministic algorithms (slower on GPU)")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="training device")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -215,6 +217,13 @@ def load_dataset(config: DataConfig) -> LoadedData:
         raise DataError("no usable samples left after validation")
     labels = fixed or LabelSet.from_names(sorted({n for s in samples for n in s.labels}))
     return LoadedData(samples, labels, issues)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader workers: Python's and NumPy's generators seeded from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 class ImageDataset(Dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -83,6 +84,28 @@ def create_loss(
     return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
 
 
+@dataclass(frozen=True)
+class AccumulationWindow:
+    """Where a micro-batch falls in its gradient-accumulation window."""
+
+    starts: bool  # the first micro-batch of its window: gradients are reset before it
+    steps: bool  # the last one: the optimizer and the schedule step after it
+    size: int  # micro-batches in this window (the epoch's last window may be shorter)
+
+
+def accumulation_window(index: int, *, batches: int, grad_accum_steps: int) -> AccumulationWindow:
+    """Micro-batch ``index`` of an epoch of ``batches``, accumulated ``grad_accum_steps`` at a
+    time."""
+    start = index - index % grad_accum_steps
+    size = min(grad_accum_steps, batches - start)
+    return AccumulationWindow(starts=index == start, steps=index == start + size - 1, size=size)
+
+
+def _no_sync(model):
+    """DDP's ``no_sync()`` (skip the gradient all-reduce); nothing for a plain module."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
 def train_one_epoch(
     *,
     model,
@@ -94,8 +117,10 @@ def train_one_epoch(
     precision: Precision,
     epoch: int,
     freeze_backbone: bool = False,
+    grad_accum_steps: int = 1,
 ) -> float:
-    """One pass over ``loader``, stepping the schedule every batch; the mean training loss.
+    """One pass over ``loader``, stepping the optimizer and the schedule every
+    ``grad_accum_steps`` batches (and after the last); the mean training loss.
     ``freeze_backbone``: stage 1 of fine-tuning, the backbone's norm statistics stay as they are
     (its parameters are frozen by :func:`.finetune.set_backbone_frozen`)."""
     model.train()
@@ -103,20 +128,27 @@ def train_one_epoch(
         freeze_backbone_norms(model)
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=None)
-    for images, targets in bar:
+    for index, (images, targets) in enumerate(bar):
+        window = accumulation_window(index, batches=len(loader), grad_accum_steps=grad_accum_steps)
         images = precision.to_device(images)
         targets = targets.to(precision.device, non_blocking=True)
-        with precision.autocast():
-            loss = loss_fn(model(images), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        # DDP all-reduces gradients in backward(); between optimizer steps that is wasted work.
+        sync = contextlib.nullcontext() if window.steps else _no_sync(model)
+        with sync:
+            with precision.autocast():
+                loss = loss_fn(model(images), targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch}; lower optim.lr or check the data"
+                )
+            if window.starts:
+                optimizer.zero_grad(set_to_none=True)
+            # The window's mean gradient: each micro-batch's mean loss, divided by its count.
+            scaler.scale(loss / window.size if window.size > 1 else loss).backward()
+        if window.steps:
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         total += loss.item() * images.shape[0]
         count += images.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")

@@ -11,9 +11,10 @@ import mlflow
 
 from registry.tracking_server import check_tracking_reachable
 
-from . import balance, finetune, tracking
+from . import balance, distributed, finetune, tracking
 from .build import TrainingSetup, build_training, seed_everything
 from .config import TrainConfig
+from .distributed import SINGLE_PROCESS, DistributedContext
 from .finish import TrainResult, finish
 from .loop import train_loop
 from .resume import open_run_and_dir, prepare_output_dir, prepare_resumed_dir, restore_state
@@ -35,6 +36,12 @@ def log_run_inputs(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
             "resolved.test_samples": len(split.test_samples),
             "resolved.skipped_samples": len(split.issues),
             "resolved.device": str(setup.precision.device),
+            "resolved.world_size": setup.ctx.world_size,
+            "resolved.global_batch_size": distributed.global_batch_size(
+                batch_size=cfg.optim.batch_size,
+                world_size=setup.ctx.world_size,
+                grad_accum_steps=cfg.optim.grad_accum_steps,
+            ),
             "resolved.input_size": str(setup.spec.preprocessing.input_size),
         },
     )
@@ -71,15 +78,25 @@ def log_real_data_choices(*, cfg: TrainConfig, setup: TrainingSetup) -> None:
     mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run a whole training job as configured; returns where the best model went."""
-    # Before any work: an unreachable server would otherwise surface after MLflow's retries.
-    check_tracking_reachable(cfg.mlflow.tracking_uri)
-    resume_from = prepare_output_dir(cfg=cfg)
+def train(cfg: TrainConfig, ctx: DistributedContext = SINGLE_PROCESS) -> TrainResult | None:
+    """Run a whole training job as configured; returns where the best model went.
+
+    Under torchrun (``ctx``, inside its process group) every rank calls this; rank 0 alone talks
+    to MLflow and writes the run's folder, and only it returns a result (the others None)."""
+    if ctx.is_main:
+        # Before any work: an unreachable server would otherwise surface after MLflow's retries.
+        check_tracking_reachable(cfg.mlflow.tracking_uri)
+    # Rank 0 picks the checkpoint; every rank loads it (output_dir must be shared by the nodes).
+    resume_from = distributed.broadcast_object(
+        prepare_output_dir(cfg=cfg) if ctx.is_main else None, ctx=ctx
+    )
     seed_everything(seed=cfg.seed, deterministic=cfg.deterministic)
-    setup = build_training(cfg=cfg)
+    setup = build_training(cfg=cfg, ctx=ctx)
     # Restored before the MLflow run starts: a checkpoint for other labels fails without a run.
     state = restore_state(resume_from=resume_from, setup=setup)
+    if not ctx.is_main:
+        train_loop(cfg=cfg, setup=setup, state=state, run_dir=None)
+        return None
     with open_run_and_dir(cfg=cfg, run_id=state.mlflow_run_id) as (run, run_dir):
         state.mlflow_run_id = run.info.run_id
         if resume_from:

@@ -2,7 +2,9 @@
 
 BentoML parses an API's body through its input model's ``from_http_request``; this module
 replaces that model with a subclass (same fields, same OpenAPI schema) whose parser accepts
-multipart files only and decodes them with the service's :class:`RequestDecoder`.
+multipart files only and decodes them with the service's :class:`RequestDecoder`, and that hands
+the API each image with its request's options (``serving/options.py``). Its refusals are problem
+details (``serving/problems.py``).
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def test_each_request_gets_its_own_options_in_shared_batches(
         pytest.raises(bentoml.exceptions.BentoMLException) as refused,
     ):
         client.classify(images=[Image.open(paths[0])], threshold=1.5)
-    assert "422" in str(refused.value) and "threshold" in str(refused.value)
+    assert refused.value.error_code.value == 422 and "threshold" in str(refused.value)
 
 
 def test_top_k_per_request_and_no_threshold_for_a_single_label_model(

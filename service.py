@@ -1,6 +1,5 @@
-"""BentoML service: an adaptive-batching image classifier. The model comes from the BentoML store
-(``CLASSIFIER_MODEL_TAG``), settings from ``CLASSIFIER_*`` and ``configuration.yaml``; importing
-this file reads those only (model checked before workers start, loaded in each; see serving/)."""
+"""BentoML service: an adaptive-batching image classifier. Importing it reads only the model tag
+(``CLASSIFIER_MODEL_TAG``), ``CLASSIFIER_*`` and ``configuration.yaml`` (the rest: serving/)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from serving.app import ServedClassifier, current_decoder, protect
 from serving.http_front import FrontedService
 from serving.image import image_envs, image_recipe
 from serving.model_store import ServedModel
-from serving.parsing import UploadedImages
+from serving.parsing import Threshold, TopK, UploadedImages
 from serving.schemas import Classification, ModelMetadata
 from serving.settings import SERVICE_NAME, ServingSettings, load_service_config
 
@@ -46,9 +45,11 @@ class ImageClassifier:
         self.served.close()
 
     @bentoml.api(**SETTINGS.batching_options())
-    async def classify(self, images: UploadedImages) -> list[Classification]:
-        """Classify one or more images (multipart field `images`): labels with scores per image."""
-        return await self.served.classify(images)
+    async def classify(
+        self, images: UploadedImages, top_k: TopK = None, threshold: Threshold = None
+    ) -> list[Classification]:
+        """Classify images (multipart `images`; optional `top_k`, `threshold`): labels per image."""
+        return await self.served.classify(images, top_k=top_k, threshold=threshold)
 
     @bentoml.api(route="/metadata")
     def metadata(self) -> ModelMetadata:

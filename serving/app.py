@@ -4,7 +4,7 @@ request-path protections wired around the class."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,9 @@ from .decoding import RequestDecoder
 from .guard import RequestGuard
 from .http_front import OverloadAnswers, quiet_client_errors
 from .model_store import FIX_THE_MODEL, ServedModel
+from .options import DEFAULT_OPTIONS, ClassifyItem, ClassifyOptions, OptionRules
 from .parsing import fix_response_media_type, install_request_parsing
+from .problem_answers import ProblemAnswers
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
 from .settings import (
@@ -104,8 +106,29 @@ class ServedClassifier:
     def close(self) -> None:
         self.runtime.close()
 
-    async def classify(self, images: list[Image.Image | torch.Tensor]) -> list[Classification]:
-        results = await self.runtime.classify(images)
+    @property
+    def option_rules(self) -> OptionRules:
+        return OptionRules.of(self.runtime.predictor.spec)
+
+    async def classify(
+        self,
+        images: Sequence[ClassifyItem | Image.Image | torch.Tensor],
+        *,
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> list[Classification]:
+        """Classify a batch: items from the request parser, each with its request's options,
+        or images (an in-process call) with ``top_k`` and ``threshold`` for all of them."""
+        given = self.option_rules.check(ClassifyOptions(top_k=top_k, threshold=threshold))
+        items = [
+            image if isinstance(image, ClassifyItem) else ClassifyItem(image, given)
+            for image in images
+        ]
+        options = [item.options for item in items]
+        plain = all(chosen == DEFAULT_OPTIONS for chosen in options)
+        results = await self.runtime.classify(
+            [item.image for item in items], None if plain else options
+        )
         return [Classification(labels=labels, model=self.model) for labels in results]
 
     def metadata(self) -> ModelMetadata:
@@ -155,8 +178,18 @@ def current_decoder() -> RequestDecoder:
     return bentoml.get_current_service().served.decoder
 
 
+def current_option_rules() -> OptionRules:
+    """The options this worker's model allows (``top_k`` up to its labels, ``threshold`` if
+    multi-label)."""
+    return bentoml.get_current_service().served.option_rules
+
+
 def protect(
-    service: Any, *, settings: ServingSettings, decoder_of: Callable[[], RequestDecoder]
+    service: Any,
+    *,
+    settings: ServingSettings,
+    decoder_of: Callable[[], RequestDecoder],
+    rules_of: Callable[[], OptionRules] = current_option_rules,
 ) -> None:
     """Wire the request-path protections around a decorated service class.
 
@@ -166,8 +199,12 @@ def protect(
       429/503, and a 503 body that says the batcher shed the request; unknown paths fold into
       one metrics label (``serving/http_front.py``).
     - ``/classify`` parses its own requests: files only, decoded off the event loop by the
-      worker's decoder, malformed requests a 4xx (``serving/parsing.py``).
+      worker's decoder, malformed requests a 4xx, options checked against the model
+      (``serving/parsing.py``).
+    - ``ProblemAnswers`` (front, outermost): every error answer, BentoML's and Starlette's
+      included, is RFC 9457 problem details (``serving/problems.py``).
     """
+    service.add_front_middleware(ProblemAnswers)
     service.add_asgi_middleware(
         RequestGuard,
         api_keys=settings.api_key_list(),
@@ -183,6 +220,6 @@ def protect(
             f"CLASSIFIER_MAX_LATENCY_MS ({settings.max_latency_ms} ms) and shed it; retry later"
         ),
     )
-    install_request_parsing(service.apis["classify"], decoder_of=decoder_of)
+    install_request_parsing(service.apis["classify"], decoder_of=decoder_of, rules_of=rules_of)
     for method in service.apis.values():
         fix_response_media_type(method)

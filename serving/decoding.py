@@ -278,4 +278,7 @@ def _named(name: str | None) -> Iterator[None]:
     try:
         yield
     except ImageDecodeError as exc:
-        raise ImageDecodeError(f"{name}: {exc}" if name else str(exc)) from None
+        named = ImageDecodeError(f"{name}: {exc}" if name else str(exc))
+        # For the error answer's field errors (serving/problems.py): which file, and why.
+        named.file, named.reason = name, str(exc)  # type: ignore[attr-defined]
+        raise named from None

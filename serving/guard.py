@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+from .problems import PROBLEM_JSON, Problem, problem_body, problem_details
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -224,9 +225,10 @@ class _Refusal:
 async def _send_error(
     send: Send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps({"error": message}).encode()
+    problem = problem_details(Problem.for_status(status), message, status=status)
+    body = problem_body(problem)
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),
         *(extra_headers or []),
     ]

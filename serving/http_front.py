@@ -17,7 +17,6 @@ the app BentoML builds:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -28,6 +27,8 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 
 from .guard import ASGIApp, Message, Receive, Scope, Send
+from .problem_answers import document_problems
+from .problems import PROBLEM_JSON, Problem, problem_body, problem_details
 
 T = TypeVar("T")
 
@@ -52,6 +53,13 @@ class FrontedService(Service[T]):
     def add_front_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
         """Like ``add_asgi_middleware``, but outside all of BentoML's middlewares."""
         self.front_middlewares.append((middleware, options))
+
+    @property
+    def openapi_spec(self) -> Any:
+        """BentoML's spec, with every API's error answers documented as problem details."""
+        spec = super().openapi_spec
+        document_problems(spec)
+        return spec
 
     def to_asgi(self, is_main: bool = True) -> Any:
         app = super().to_asgi(is_main=is_main)
@@ -111,7 +119,7 @@ class OverloadAnswers:
         self.app = app
         self.retry_after = str(retry_after_s).encode()
         self.shed_paths = frozenset(shed_paths)
-        self.shed_body = json.dumps({"error": shed_message}).encode()
+        self.shed_body = problem_body(problem_details(Problem.OVERLOADED, shed_message))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,7 +155,7 @@ class OverloadAnswers:
             if name.lower() not in (b"content-length", b"content-type")
         ]
         headers += [
-            (b"content-type", b"application/json"),
+            (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(self.shed_body)).encode()),
         ]
         await send({**start, "headers": headers})

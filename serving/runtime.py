@@ -7,6 +7,7 @@ agreement test all use, so they measure and check exactly what is served.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from models.labels import LabelScore, Task
 from models.predictor import Predictor
 
 from .decoding import RequestDecoder
+from .options import ClassifyOptions
 from .settings import ServingSettings
 from .telemetry import NO_METRICS, ServiceMetrics
 from .torch_thread import TorchThread
@@ -46,18 +48,27 @@ class Runtime:
     metrics: ServiceMetrics
     owns_torch_thread: bool = True
 
-    async def classify(self, images: list[Image.Image | torch.Tensor]) -> list[list[LabelScore]]:
+    async def classify(
+        self,
+        images: list[Image.Image | torch.Tensor],
+        options: Sequence[ClassifyOptions] | None = None,
+    ) -> list[list[LabelScore]]:
         """One batch, on the torch thread, without blocking the event loop."""
-        return await self.torch_thread.run(self.classify_batch, images)
+        return await self.torch_thread.run(self.classify_batch, images, options)
 
-    def classify_batch(self, images: list[Image.Image | torch.Tensor]) -> list[list[LabelScore]]:
+    def classify_batch(
+        self,
+        images: list[Image.Image | torch.Tensor],
+        options: Sequence[ClassifyOptions] | None = None,
+    ) -> list[list[LabelScore]]:
         """One batch on the calling thread (call it on the torch thread). Images are PIL ones or
-        prepared tensors on the model's device (``jpeg_decoder``), mixed as decoding left them."""
+        prepared tensors on the model's device (``jpeg_decoder``), mixed as decoding left them;
+        ``options`` are each image's request's (None: the model's defaults for all)."""
         with self.metrics.time_preprocess():
             batch = self.predictor.preprocess(images)
         with self.metrics.time_forward():
             scores = self.predictor.scores(batch)
-        results = self.predictor.decode(scores)
+        results = self.decode(scores, options)
         # Single-label answers are ranked top-k lists: count what the client acts on, the top-1.
         multi_label = self.predictor.spec.task is Task.MULTI_LABEL
         self.metrics.count_predictions(
@@ -65,10 +76,32 @@ class Runtime:
         )
         return results
 
+    def decode(
+        self, scores: torch.Tensor, options: Sequence[ClassifyOptions] | None
+    ) -> list[list[LabelScore]]:
+        """Each row's labels under its own options: one decode per distinct set of options in
+        the batch (one, usually)."""
+        if options is None:
+            return self.predictor.decode(scores)
+        results: list[list[LabelScore]] = [[] for _ in options]
+        for chosen, rows in _rows_by_options(options).items():
+            decoded = self.predictor.decode(scores[rows], chosen.top_k, chosen.threshold)
+            for row, labels in zip(rows, decoded, strict=True):
+                # top_k caps a multi-label answer too (a single-label one already has k labels).
+                results[row] = labels[: chosen.top_k] if chosen.top_k else labels
+        return results
+
     def close(self) -> None:
         self.decoder.close()
         if self.owns_torch_thread:
             self.torch_thread.close()
+
+
+def _rows_by_options(options: Sequence[ClassifyOptions]) -> dict[ClassifyOptions, list[int]]:
+    rows: dict[ClassifyOptions, list[int]] = {}
+    for row, chosen in enumerate(options):
+        rows.setdefault(chosen, []).append(row)
+    return rows
 
 
 def build_runtime(

@@ -15,6 +15,9 @@ from contextlib import ExitStack, closing
 import pytest
 import requests
 
+from serving.problems import Problem
+
+from ..support.problems import assert_problem
 from .conftest import bentoml_server
 
 API_KEY = "front-test-key-0123456789"
@@ -109,7 +112,7 @@ def test_stalled_uploads_get_408_and_free_their_slots(front_server, png_images):
         refused = requests.post(
             f"{url}/classify", files=_png_upload(png_images), headers=AUTH, timeout=30
         )
-        assert refused.status_code == 429, refused.text
+        assert_problem(refused, 429, Problem.TOO_MANY_REQUESTS)
         assert refused.headers["retry-after"] == "1"
         # ... until the read timeout (traffic.timeout is 60 s): 408, and the slots are free.
         assert [_status_of_answer(sock, 15) for sock in stalled] == [408] * MAX_CONCURRENCY
@@ -181,7 +184,7 @@ def test_the_batcher_sheds_with_503_that_says_why(shedding_server, png_images):
     shed = [r for r in responses if r.status_code == 503]
     assert shed, statuses
     for response in shed:
-        assert "CLASSIFIER_MAX_LATENCY_MS (1 ms)" in response.json()["error"]
+        assert_problem(response, 503, Problem.OVERLOADED, detail="CLASSIFIER_MAX_LATENCY_MS (1 ms)")
         assert response.headers["retry-after"] == "1"
     assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
     logged = _log_since(log_path, offset)

@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from serving.problems import Problem
+
 from ..support import hostile_images
+from ..support.problems import assert_problem
 from .conftest import bentoml_server
 
 # The bound: health checks answer within 100 ms whatever is being decoded.
@@ -77,7 +80,12 @@ def test_only_multipart_is_accepted_and_nothing_is_fetched(default_server, liste
     for what, kwargs in attempts.items():
         response = requests.post(url, timeout=30, **kwargs)
         assert response.status_code == 415, (what, response.status_code, response.text)
-        assert "send multipart/form-data with the images as files in `images`" in response.text
+        assert_problem(
+            response,
+            415,
+            Problem.UNSUPPORTED_MEDIA_TYPE,
+            detail="send multipart/form-data with the images as files in `images`",
+        )
     time.sleep(1.0)  # a fetch, if any were started, would have connected by now
     assert listener.connections == 0, "the server opened a connection for a request"
     assert requests.get(f"{default_server}/readyz", timeout=10).status_code == 200
@@ -135,6 +143,8 @@ def test_hostile_upload_never_freezes_the_event_loop(default_server, case):
         response, latencies = _livez_latencies_while(default_server, post)
         assert response.status_code == status, response.text[:300]
         assert message in response.text
+        if status == 400:
+            assert_problem(response, 400, Problem.INVALID_IMAGE, field="images", file=upload[0])
         assert latencies, "the request finished before /livez could be asked"
         slowest.append(max(latencies))
         if slowest[-1] < LIVEZ_BOUND_S:
@@ -149,6 +159,11 @@ def test_request_pixel_budget_refuses_before_decoding(default_server):
     files = [("images", (f"{i}.png", large, "image/png")) for i in range(3)]
     started = time.perf_counter()
     response = requests.post(f"{default_server}/classify", files=files, timeout=60)
-    assert response.status_code == 400, response.text[:300]
-    assert "3 images of 144000000 pixels in all, over the limit of 100000000" in response.text
+    assert_problem(
+        response,
+        400,
+        Problem.INVALID_REQUEST,
+        detail="3 images of 144000000 pixels in all, over the limit of 100000000",
+        field="images",
+    )
     assert time.perf_counter() - started < 5.0  # refused from the headers

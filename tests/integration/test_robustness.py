@@ -21,7 +21,9 @@ from PIL import Image
 
 from models import Predictor, load_image
 from registry.bento_import import artifact_dir
+from serving.problems import Problem
 
+from ..support.problems import assert_problem
 from .conftest import bentoml_server, bentoml_server_process, start_bentoml
 
 API_KEY = "test-key-0123456789"
@@ -94,38 +96,63 @@ BAD_UPLOADS = {
 def test_bad_upload_is_a_4xx_naming_the_problem(guarded_server, case):
     upload, status, message = BAD_UPLOADS[case]
     response = _post(guarded_server, {"images": upload})
-    assert response.status_code == status, response.text
-    assert message in response.text
-    assert upload[0] in response.text  # names the file
-    assert response.headers["content-type"].startswith("application/json")
+    problem = assert_problem(
+        response, status, Problem.INVALID_IMAGE, detail=message, field="images", file=upload[0]
+    )
+    assert message in problem.errors[0].reason
+    assert problem.detail.startswith(upload[0])  # names the file
 
 
 def test_request_level_mistakes_are_4xx(guarded_server):
     url = guarded_server
     tiny = ("a.png", _encode(_photo((8, 8)), "PNG"), "image/png")
     too_many = _post(url, [("images", tiny)] * 9)
-    assert too_many.status_code == 400 and "9 images in one request, over the limit of 8" in (
-        too_many.text
-    )
+    invalid = Problem.INVALID_REQUEST
+    assert_problem(too_many, 400, invalid, detail="9 images in one request, over the limit of 8")
     wrong_field = _post(url, {"image": tiny})
-    assert wrong_field.status_code == 400 and "unexpected field `image`" in wrong_field.text
+    assert_problem(wrong_field, 400, invalid, detail="unexpected field `image`", field="image")
     # A text value where a file belongs: BentoML would fetch it as a URL, outside every limit.
     as_text = _post(url, {"images": (None, "http://127.0.0.1:9/cat.jpg")})
-    assert as_text.status_code == 400 and "not text (URLs are not fetched)" in as_text.text
+    assert_problem(as_text, 400, invalid, detail="not text (URLs are not fetched)", field="images")
     no_body = requests.post(f"{url}/classify", headers=AUTH, timeout=30)
-    assert no_body.status_code == 415 and "got no content type" in no_body.text
+    unsupported = Problem.UNSUPPORTED_MEDIA_TYPE
+    assert_problem(no_body, 415, unsupported, detail="got no content type")
     # Not multipart: JSON naming strings instead of files, and a raw JPEG body.
     as_json = requests.post(
         f"{url}/classify", json={"images": ["cat.jpg"]}, headers=AUTH, timeout=30
     )
-    assert as_json.status_code == 415 and "send multipart/form-data" in as_json.text
+    assert_problem(as_json, 415, unsupported, detail="send multipart/form-data")
     raw = requests.post(
         f"{url}/classify",
         data=_jpeg(),
         headers={**AUTH, "Content-Type": "image/jpeg"},
         timeout=30,
     )
-    assert raw.status_code == 415 and "got `image/jpeg`" in raw.text
+    assert_problem(raw, 415, unsupported, detail="got `image/jpeg`")
+
+
+def test_routes_methods_and_options_mistakes_are_problems(guarded_server):
+    """The rest of the error kinds (docs/errors.md): an unknown route, a wrong method, options
+    out of range, a threshold for this single-label model."""
+    url = guarded_server
+    tiny = {"images": ("a.png", _encode(_photo((8, 8)), "PNG"), "image/png")}
+    assert_problem(
+        requests.get(f"{url}/no/such/route", headers=AUTH, timeout=10), 404, Problem.NOT_FOUND
+    )
+    wrong_method = requests.get(f"{url}/classify", headers=AUTH, timeout=10)
+    assert_problem(wrong_method, 405, Problem.METHOD_NOT_ALLOWED)
+    assert "POST" in wrong_method.headers["allow"]
+    option = Problem.INVALID_OPTION
+    for data, field, reason in [
+        ({"top_k": "0"}, "top_k", "must be from 1 to 5"),
+        ({"top_k": "6"}, "top_k", "must be from 1 to 5"),
+        ({"top_k": "many"}, "top_k", "must be a whole number"),
+        ({"threshold": "0.5"}, "threshold", "multi-label models only"),
+    ]:
+        answer = assert_problem(_post(url, tiny, data=data), 422, option, field=field)
+        assert reason in answer.errors[0].reason and reason in answer.detail
+    bad_key = requests.post(f"{url}/classify", files=tiny, timeout=10)
+    assert_problem(bad_key, 401, Problem.UNAUTHORIZED, detail="missing or invalid API key")
 
 
 def test_oversize_bodies_get_413_before_being_parsed(guarded_server):
@@ -133,8 +160,9 @@ def test_oversize_bodies_get_413_before_being_parsed(guarded_server):
     # connection reset) because the server reads and discards the body after answering.
     big = os.urandom(24 * 1024 * 1024)
     declared = _post(guarded_server, {"images": ("big.jpg", big, "image/jpeg")})
-    assert declared.status_code == 413
-    assert "over the limit of 2097152 bytes" in declared.text
+    assert_problem(
+        declared, 413, Problem.REQUEST_TOO_LARGE, detail="over the limit of 2097152 bytes"
+    )
     big = big[: 3 * 1024 * 1024]
 
     boundary = "robustness-test-boundary-7f3a"
@@ -155,8 +183,12 @@ def test_oversize_bodies_get_413_before_being_parsed(guarded_server):
         headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
         timeout=60,
     )
-    assert streamed.status_code == 413, streamed.text
-    assert "the request body over the limit of 2097152 bytes" in streamed.text
+    assert_problem(
+        streamed,
+        413,
+        Problem.REQUEST_TOO_LARGE,
+        detail="the request body over the limit of 2097152",
+    )
 
 
 def test_odd_but_valid_images_are_classified_like_in_process(guarded_server, single_label_bento):
@@ -212,7 +244,8 @@ def test_bad_requests_do_not_disturb_good_ones_batched_beside_them(
     pairs = list(zip(mixed, responses, strict=True))
     good_responses = [r for item, r in pairs if isinstance(item, Path)]
     bad_responses = [r for item, r in pairs if not isinstance(item, Path)]
-    assert all(r.status_code == 400 for r in bad_responses)
+    for response in bad_responses:
+        assert_problem(response, 400, Problem.INVALID_IMAGE, field="images")
     assert all(r.status_code == 200 for r in good_responses)
     predictor = Predictor.from_artifact(artifact_dir(single_label_bento), "cpu", "float32")
     expected = predictor.predict([load_image(p) for p in good])
@@ -226,7 +259,7 @@ def test_api_keys_guard_the_model_but_not_health_metrics_or_docs(guarded_server)
     url = guarded_server
     upload = {"images": ("a.png", _encode(_photo((8, 8)), "PNG"), "image/png")}
     missing = _post(url, upload, headers={})
-    assert missing.status_code == 401
+    assert_problem(missing, 401, Problem.UNAUTHORIZED)
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert _post(url, upload, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert _post(url, upload, headers={"X-API-Key": API_KEY}).status_code == 200
@@ -278,6 +311,10 @@ def test_concurrency_over_the_limit_is_refused_quickly(tight_server, png_images)
     assert statuses.count(429) > 0 and statuses.count(200) > 0
     # Refusals say when to come back (added in front of BentoML's limiter: serving/http_front.py).
     assert all(r.headers.get("retry-after") == "1" for r, _ in results if r.status_code != 200)
+    shapes = {429: Problem.TOO_MANY_REQUESTS, 503: Problem.OVERLOADED}
+    for response, _ in results:
+        if response.status_code in shapes:
+            assert_problem(response, response.status_code, shapes[response.status_code])
     refused_in = [elapsed for response, elapsed in results if response.status_code == 429]
     # Client-side time, encoding included, on a 2-core machine shared with the server.
     assert max(refused_in) < 5.0, f"429s took up to {max(refused_in):.2f}s"
@@ -301,8 +338,8 @@ def test_requests_over_the_time_limit_get_504_and_never_block_the_server(tight_s
         probe_s = time.perf_counter() - probe_started
         response = heavy.result()
         elapsed = time.perf_counter() - started
-    assert response.status_code == 504, response.text[:200]
-    assert re.search(r"in 1(\.0)? seconds", response.json()["error"]), response.text
+    assert_problem(response, 504, Problem.TIMEOUT)
+    assert re.search(r"in 1(\.0)? seconds", response.json()["detail"]), response.text
     assert probe_s < 2.0, f"/livez took {probe_s:.2f}s during a heavy request"
     assert elapsed < 10, f"504 after {elapsed:.1f}s"
     assert requests.get(f"{tight_server}/readyz", timeout=30).status_code == 200

@@ -11,7 +11,9 @@ from PIL import Image
 
 from models import Predictor, load_image
 from registry.bento_import import artifact_dir
+from serving.problems import Problem
 
+from ..support.problems import assert_problem
 from .conftest import bentoml_server
 
 
@@ -130,9 +132,14 @@ def test_corrupt_image_fails_alone(single_server, single_label_bento, png_images
     truncated = data.getvalue()[: len(data.getvalue()) // 3]
     results = asyncio.run(_classify_concurrently(single_server, good, corrupt=truncated))
     bad = results.pop(len(good) // 2)
-    assert bad.status_code == 400
-    body = bad.json()
-    assert "broken.jpg" in str(body) and "corrupt or truncated" in str(body)
+    assert_problem(
+        bad,
+        400,
+        Problem.INVALID_IMAGE,
+        detail="corrupt or truncated",
+        file="broken.jpg",
+        field="images",
+    )
     assert not [r for r in results if isinstance(r, Exception)]
     _assert_same_predictions(
         [_served(r)[0] for r in results], _in_process(single_label_bento, good)
@@ -145,8 +152,14 @@ def test_non_image_upload_is_a_400_naming_the_problem(single_server):
         timeout=30,
         files={"images": ("notes.txt", b"hello", "text/plain")},
     )
-    assert response.status_code == 400
-    assert "notes.txt: not a recognised image format" in response.text
+    assert_problem(
+        response,
+        400,
+        Problem.INVALID_IMAGE,
+        detail="notes.txt: not a recognised image format",
+        field="images",
+        file="notes.txt",
+    )
     with bentoml.SyncHTTPClient(single_server) as client:  # still serving
         assert client.metadata()["task"] == "single_label"
 
@@ -166,3 +179,65 @@ def test_multi_label_service_returns_labels_above_threshold(
         assert all(p["score"] >= threshold for p in item["labels"])
     _assert_same_predictions(_served(response), _in_process(multi_label_bento, paths))
     assert any(len(item["labels"]) > 1 for item in response), "no image got several labels"
+
+
+def _top(rows, k: int | None):
+    return [row[:k] if k else row for row in rows]
+
+
+def test_each_request_gets_its_own_options_in_shared_batches(
+    multi_server, multi_label_bento, holdout_data
+):
+    """Requests with different thresholds and top_k, sent together so they share batches:
+    each answer is the in-process one under that request's options."""
+    manifest = holdout_data["multi_label"]
+    rows = manifest.read_text().splitlines()[1:9]
+    paths = [manifest.parent / row.split(",")[0] for row in rows]
+    asked = [{}, {"threshold": 0.0}, {"threshold": 0.9, "top_k": 1}, {"top_k": 2}] * 12
+    before_total, before_ones = _batch_size_histogram(multi_server)
+
+    async def send_all():
+        async with bentoml.AsyncHTTPClient(multi_server) as client:
+            calls = [
+                client.classify(images=[Image.open(paths[i % len(paths)])], **options)
+                for i, options in enumerate(asked)
+            ]
+            return await asyncio.gather(*calls)
+
+    results = asyncio.run(send_all())
+    for i, (options, result) in enumerate(zip(asked, results, strict=True)):
+        expected = _in_process(
+            multi_label_bento, [paths[i % len(paths)]], threshold=options.get("threshold")
+        )
+        _assert_same_predictions(_served(result), _top(expected, options.get("top_k")))
+    with bentoml.SyncHTTPClient(multi_server) as client:
+        labels = client.metadata()["labels"]
+    assert all(len(result[0]["labels"]) == len(labels) for result in results[1::4])  # all >= 0
+    assert all(len(result[0]["labels"]) <= 1 for result in results[2::4])
+    total, ones = _batch_size_histogram(multi_server)
+    assert (total - before_total) - (ones - before_ones) >= 1, "no batch larger than 1 formed"
+    with (  # out of range: a 422 naming it
+        bentoml.SyncHTTPClient(multi_server) as client,
+        pytest.raises(bentoml.exceptions.BentoMLException) as refused,
+    ):
+        client.classify(images=[Image.open(paths[0])], threshold=1.5)
+    assert refused.value.error_code.value == 422 and "threshold" in str(refused.value)
+
+
+def test_top_k_per_request_and_no_threshold_for_a_single_label_model(
+    single_server, single_label_bento, png_images
+):
+    paths = png_images[:3]
+    with bentoml.SyncHTTPClient(single_server) as client:
+        three = client.classify(images=[Image.open(p) for p in paths], top_k=3)
+        default = client.classify(images=[Image.open(p) for p in paths])
+    _assert_same_predictions(_served(three), _in_process(single_label_bento, paths, top_k=3))
+    _assert_same_predictions(_served(default), _in_process(single_label_bento, paths))
+    assert [len(item["labels"]) for item in three] == [3] * 3
+    refused = requests.post(
+        f"{single_server}/classify",
+        files={"images": (paths[0].name, paths[0].read_bytes(), "image/png")},
+        data={"threshold": "0.5"},
+        timeout=30,
+    )
+    assert_problem(refused, 422, Problem.INVALID_OPTION, field="threshold")

@@ -23,6 +23,7 @@ from serving.http_front import (
     OverloadAnswers,
     quiet_client_errors,
 )
+from serving.problems import PROBLEM_JSON, Problem
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +106,14 @@ async def test_a_shed_503_says_what_happened():
     response = await _get(_overload(_answering(503, generic)), "/classify")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "2"
-    assert response.json() == {"error": "shed: retry later"}
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json() == {
+        "type": Problem.OVERLOADED.type_uri,
+        "title": Problem.OVERLOADED.title,
+        "status": 503,
+        "detail": "shed: retry later",
+        "errors": [],
+    }
     assert int(response.headers["content-length"]) == len(response.content)
 
 

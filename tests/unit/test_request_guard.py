@@ -12,6 +12,7 @@ import pytest
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
 
 from serving.guard import RequestGuard
+from serving.problems import PROBLEM_JSON, Problem
 
 KEY = "unit-test-key-0123456789"
 pytestmark = pytest.mark.anyio
@@ -97,7 +98,9 @@ async def test_key_is_required_and_either_header_works():
     missing = await _post(guard)
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"].startswith("Bearer")
-    assert "missing or invalid API key" in missing.json()["error"]
+    assert missing.headers["content-type"] == PROBLEM_JSON
+    assert missing.json()["type"] == Problem.UNAUTHORIZED.type_uri
+    assert "missing or invalid API key" in missing.json()["detail"]
     assert (await _post(guard, headers={"Authorization": "Bearer wrong"})).status_code == 401
     assert (await _post(guard, headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
     assert (await _post(guard, headers={"X-API-Key": KEY})).status_code == 200
@@ -117,7 +120,8 @@ async def test_declared_oversize_body_is_refused_before_the_app_reads_it():
 
     response = await _post(_guard(app), headers={"X-API-Key": KEY}, content=b"x" * 2048)
     assert response.status_code == 413
-    assert "2048 bytes over the limit of 1024 bytes" in response.json()["error"]
+    assert response.json()["type"] == Problem.REQUEST_TOO_LARGE.type_uri
+    assert "2048 bytes over the limit of 1024 bytes" in response.json()["detail"]
     assert reached == []
 
 
@@ -126,7 +130,7 @@ async def test_streamed_oversize_body_is_refused_while_it_streams():
     scope = _http_scope(headers=[(b"x-api-key", KEY.encode())])  # no Content-Length
     await _guard()(scope, client.receive, client.send)
     assert client.status == 413
-    assert "the request body over the limit of 1024 bytes" in client.body["error"]
+    assert "the request body over the limit of 1024 bytes" in client.body["detail"]
 
 
 async def test_a_stalled_body_gets_408_after_the_read_timeout():
@@ -137,7 +141,7 @@ async def test_a_stalled_body_gets_408_after_the_read_timeout():
     )
     elapsed = time.perf_counter() - started
     assert client.status == 408
-    assert "100 bytes in 0.3 s; a body must not pause for 0.3 s" in client.body["error"]
+    assert "100 bytes in 0.3 s; a body must not pause for 0.3 s" in client.body["detail"]
     assert 0.25 < elapsed < 2.0
 
 
@@ -163,7 +167,7 @@ async def test_a_trickled_body_gets_408_once_below_the_minimum_rate():
     client = RawClient([])
     started = time.perf_counter()
     await _guard(keys=(), body_read_timeout_s=0.3)(_http_scope(), trickle, client.send)
-    assert client.status == 408 and "too slow" in client.body["error"]
+    assert client.status == 408 and "too slow" in client.body["detail"]
     assert time.perf_counter() - started < 2.0  # not the 10 s the whole trickle takes
 
 

@@ -13,14 +13,18 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from serving.decoding import DecodeLimits, RequestDecoder
+from serving.options import OptionRules, Threshold, TopK
 from serving.parsing import (
     MULTIPART,
     UploadedImages,
     fix_response_media_type,
     install_request_parsing,
 )
+from serving.problem_answers import ProblemAnswers
+from serving.problems import PROBLEM_JSON, TYPE_BASE, ProblemDetails
 
 MAX_IMAGES = 3
+RULES = OptionRules(num_labels=4, multi_label=True)
 LIMITS = DecodeLimits(
     max_pixels=1_000_000,
     max_aspect_ratio=20.0,
@@ -32,11 +36,21 @@ LIMITS = DecodeLimits(
 
 @bentoml.service(name="parsing_probe")
 class ParsingProbe:
-    """What the parser hands an API: decoded PIL images, here answered as (size, mode)."""
+    """What the parser hands an API: decoded PIL images, each with its request's options, here
+    answered as (size, mode, options)."""
 
     @bentoml.api
-    async def classify(self, images: UploadedImages) -> list[dict[str, Any]]:
-        return [{"size": list(image.size), "mode": image.mode} for image in images]
+    async def classify(
+        self, images: UploadedImages, top_k: TopK = None, threshold: Threshold = None
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "size": list(item.image.size),
+                "mode": item.image.mode,
+                "options": [item.options.top_k, item.options.threshold],
+            }
+            for item in images
+        ]
 
 
 ORIGINAL_INPUT = ParsingProbe.apis["classify"].input_spec
@@ -45,9 +59,11 @@ ORIGINAL_INPUT = ParsingProbe.apis["classify"].input_spec
 @pytest.fixture(scope="module")
 def client():
     decoder = RequestDecoder(limits=LIMITS, reduced_jpeg_decode=False)
-    install_request_parsing(ParsingProbe.apis["classify"], decoder_of=lambda: decoder)
+    install_request_parsing(
+        ParsingProbe.apis["classify"], decoder_of=lambda: decoder, rules_of=lambda: RULES
+    )
     try:
-        with TestClient(ParsingProbe.to_asgi()) as test_client:
+        with TestClient(ProblemAnswers(ParsingProbe.to_asgi())) as test_client:
             yield test_client
     finally:
         ParsingProbe.apis["classify"].input_spec = ORIGINAL_INPUT
@@ -64,12 +80,15 @@ def _upload(name="a.png", data=None, field="images") -> tuple[str, tuple[str, by
     return field, (name, _encoded() if data is None else data, "image/png")
 
 
-def _error(response) -> str:
-    """The message of BentoML's error answer (it wraps a 4xx's ``{"error": ...}`` in a list)."""
-    body = response.json()
-    if isinstance(body, list):
-        [body] = body
-    return body["error"]
+def _error(response, slug: str | None = None) -> str:
+    """The detail of a problem answer (RFC 9457), checked for its shape (and type)."""
+    assert response.headers["content-type"] == PROBLEM_JSON
+    problem = ProblemDetails.model_validate_json(response.content)
+    assert problem.status == response.status_code
+    assert problem.type.startswith(TYPE_BASE)
+    if slug is not None:
+        assert problem.type == TYPE_BASE + slug
+    return problem.detail
 
 
 def test_a_good_request_is_decoded_into_images(client):
@@ -79,7 +98,10 @@ def test_a_good_request_is_decoded_into_images(client):
     ]
     response = client.post("/classify", files=files)
     assert response.status_code == 200, response.text
-    assert response.json() == [{"size": [40, 10], "mode": "RGB"}, {"size": [12, 30], "mode": "RGB"}]
+    assert response.json() == [
+        {"size": [40, 10], "mode": "RGB", "options": [None, None]},
+        {"size": [12, 30], "mode": "RGB", "options": [None, None]},
+    ]
 
 
 def test_the_api_keeps_its_input_model_name_and_schema(client):

@@ -1,5 +1,5 @@
 """BentoML service: an adaptive-batching image classifier. Importing it reads only the model tag
-(``CLASSIFIER_MODEL_TAG``), ``CLASSIFIER_*`` and ``configuration.yaml`` (the rest: serving/)."""
+or URI (``CLASSIFIER_MODEL_TAG``/``_URI``), ``CLASSIFIER_*`` and ``configuration.yaml``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import bentoml
 from serving.app import ServedClassifier, current_decoder, protect
 from serving.http_front import FrontedService
 from serving.image import image_envs, image_recipe
-from serving.model_store import ServedModel
+from serving.model_store import served_model
 from serving.parsing import Threshold, TopK, UploadedImages
 from serving.schemas import Classification, ModelMetadata
 from serving.settings import SERVICE_NAME, ServingSettings, load_service_config
@@ -18,7 +18,7 @@ from serving.settings import SERVICE_NAME, ServingSettings, load_service_config
 HERE = Path(__file__).resolve().parent
 SETTINGS = ServingSettings.from_env()
 SERVICE_CONFIG = load_service_config(HERE / "configuration.yaml")
-SERVED_MODEL = ServedModel(SETTINGS.model_tag)
+SERVED_MODEL = served_model(SETTINGS)
 
 
 # FrontedService: front middlewares run outside BentoML's metrics and concurrency limiter.
@@ -34,8 +34,8 @@ class ImageClassifier:
 
     @bentoml.on_deployment
     def check_model() -> None:
-        """Once, before workers start: a missing or damaged model stops the server, saying why."""
-        SERVED_MODEL.check()
+        """Once, before workers start: fetch the registry's model if set, stop on a bad one."""
+        SERVED_MODEL.prepare()
 
     def __init__(self) -> None:
         self.served = ServedClassifier.start(SETTINGS, SERVED_MODEL, service_config=SERVICE_CONFIG)

@@ -54,7 +54,15 @@ HEADLINE_METRICS = (
 
 
 class ModelImportError(RuntimeError):
-    """The MLflow model could not be found, reached or imported; the message says which."""
+    """The MLflow model could not be found, reached or imported; the message says which.
+
+    ``retryable``: the registry may answer differently soon (unreachable, a restarting server,
+    an alias not set yet); a model that is not ours or a malformed URI never will.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -83,11 +91,16 @@ def check_tracking_reachable(tracking_uri: str) -> None:
         tracking_server.check_tracking_reachable(tracking_uri)
         tracking_server.check_sqlite_exists(tracking_uri)
     except TrackingServerError as exc:
-        raise ModelImportError(str(exc)) from None
+        raise ModelImportError(str(exc), retryable=exc.retryable) from None
 
 
 def resolve_source(model_uri: str, client) -> MlflowSource:
     """Turn an alias / version / run URI into a pinned URI plus lineage."""
+    if not any(form.match(model_uri) for form in (_REGISTERED_ALIAS, _REGISTERED_VERSION, _RUN)):
+        raise ModelImportError(
+            f"unsupported model URI {model_uri!r}: use models:/Name@alias, "
+            "models:/Name/<version> or runs:/<run_id>/<path>"
+        )
     from mlflow.exceptions import MlflowException
 
     try:
@@ -104,16 +117,14 @@ def resolve_source(model_uri: str, client) -> MlflowSource:
             mv = _registered(
                 client, name, lambda: client.get_model_version(name, version), f"version {version}"
             )
-        elif match := _RUN.match(model_uri):
+        else:
+            match = _RUN.match(model_uri)
             run = client.get_run(match["run_id"])
             return MlflowSource(model_uri, model_uri, run.info.run_id)
-        else:
-            raise ModelImportError(
-                f"unsupported model URI {model_uri!r}: use models:/Name@alias, "
-                "models:/Name/<version> or runs:/<run_id>/<path>"
-            )
     except MlflowException as exc:
-        raise ModelImportError(f"cannot resolve {model_uri}: {exc.message}") from None
+        raise ModelImportError(
+            f"cannot resolve {model_uri}: {exc.message}", retryable=True
+        ) from None
     return MlflowSource(
         requested_uri=model_uri,
         download_uri=f"models:/{mv.name}/{mv.version}",
@@ -131,7 +142,8 @@ def _registered(client, name: str, fetch, what: str):
     except MlflowException:
         known = [m.name for m in client.search_registered_models(max_results=50)]
         raise ModelImportError(
-            f"no registered model named {name!r} in the MLflow registry; known: {known}"
+            f"no registered model named {name!r} in the MLflow registry; known: {known}",
+            retryable=True,
         ) from None
     try:
         return fetch()
@@ -140,7 +152,8 @@ def _registered(client, name: str, fetch, what: str):
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         raise ModelImportError(
             f"registered model {name!r} has no {what}; versions: {versions}, "
-            f"aliases: {sorted(model.aliases or {})}"
+            f"aliases: {sorted(model.aliases or {})}",
+            retryable=True,
         ) from None
 
 
@@ -258,7 +271,9 @@ def import_from_mlflow(
                 artifact_uri=source.download_uri, dst_path=tmp
             )
         except Exception as exc:  # MLflow raises several unrelated types for a failed download
-            raise ModelImportError(f"cannot download {source.download_uri}: {exc}") from exc
+            raise ModelImportError(
+                f"cannot download {source.download_uri}: {exc}", retryable=True
+            ) from exc
         spec = _validate_download(local, source)
         try:
             bento_model = bentoml.mlflow.import_model(

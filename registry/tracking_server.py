@@ -22,7 +22,12 @@ _AUTH_PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
 class TrackingServerError(RuntimeError):
-    """The tracking server cannot be used; the message says which and why."""
+    """The tracking server cannot be used; the message says which and why. ``retryable``: it
+    did not answer (it may yet); refused credentials are not worth retrying."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def redact(uri: str) -> str:
@@ -104,7 +109,8 @@ def check_tracking_reachable(
             )
             time.sleep(backoff_s * attempt)
     raise TrackingServerError(
-        f"cannot reach the MLflow tracking server at {redact(tracking_uri)}: {problem}"
+        f"cannot reach the MLflow tracking server at {redact(tracking_uri)}: {problem}",
+        retryable=True,
     )
 
 

@@ -20,6 +20,8 @@ SERVING_ROOTS = (
     # uvicorn (BentoML's server) uses these when installed: a faster event loop and HTTP parser.
     "httptools",
     "uvloop",
+    # registry/ imports a model from MLflow at start-up (CLASSIFIER_MODEL_URI): the client only.
+    "mlflow-skinny",
     "numpy",
     "pillow",
     "pydantic",

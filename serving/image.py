@@ -11,6 +11,8 @@ from pathlib import Path
 
 import bentoml
 
+from .model_store import REGISTRY_MODEL_NAME
+
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # For builds behind a TLS-intercepting proxy: trust the PEM certificates in the EXTRA_CA_CERTS
 # build secret while packages download, then restore the stock bundle, so the final image trusts
@@ -31,6 +33,12 @@ UNTRUST_BUILD_CA = (
 # container can run with a read-only root filesystem (tmpfs on /tmp and /home/bentoml/tmp).
 _HOME_DIRS = " ".join(f"/home/bentoml/{name}" for name in ("bentos", "models", "envs", "tmp"))
 BENTOML_HOME_DIRS = f"mkdir -p {_HOME_DIRS} && chown bentoml:bentoml {_HOME_DIRS}"
+# Where a CLASSIFIER_MODEL_URI import lands: inside a container BentoML's store is the Bento's
+# own models/ directory. Mode 1777 because a read-only container mounts a tmpfs (compose) or an
+# emptyDir (Kubernetes) here, and Docker's tmpfs is root's with the mode of the directory under
+# it: with 0755 the server could import only until the first `docker restart`.
+REGISTRY_STORE_DIR = f"/home/bentoml/bento/models/{REGISTRY_MODEL_NAME}"
+MAKE_REGISTRY_STORE_DIR = f"mkdir -p {REGISTRY_STORE_DIR} && chmod 1777 {REGISTRY_STORE_DIR}"
 
 
 def image_recipe(*, requirements: Path) -> bentoml.images.Image:
@@ -46,6 +54,7 @@ def image_recipe(*, requirements: Path) -> bentoml.images.Image:
         .python_packages(*pinned)
         .run(UNTRUST_BUILD_CA)
         .run(BENTOML_HOME_DIRS)
+        .run(MAKE_REGISTRY_STORE_DIR)
     )
 
 

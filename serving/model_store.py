@@ -1,8 +1,10 @@
 """The served model's entry in the BentoML store: declared on the service class, checked before
-a Bento is built and before any worker starts."""
+a Bento is built and before any worker starts; with ``CLASSIFIER_MODEL_URI``, imported from the
+MLflow registry first."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -11,6 +13,11 @@ from bentoml.models import BentoModel
 
 from models.artifact import ArtifactError, check_artifact, stored_artifact_dir
 
+from .settings import ServingSettings
+
+# The BentoML store name of a model imported at start-up (CLASSIFIER_MODEL_URI): apart from the
+# packaged model's, so that an image's own model is never replaced by a registry import.
+REGISTRY_MODEL_NAME = "image-classifier-registry"
 FIX_THE_MODEL = (
     "Re-import it (`python -m registry import ...`) or serve another CLASSIFIER_MODEL_TAG"
 )
@@ -21,6 +28,15 @@ class ModelNotServableError(RuntimeError):
 
 
 @attrs.frozen
+class RegistrySource:
+    """Where a model served with ``CLASSIFIER_MODEL_URI`` comes from (serving/settings.py)."""
+
+    uri: str
+    timeout_s: float
+    password_file: Path | None = None
+
+
+@attrs.frozen
 class ServedModel(BentoModel):
     """A :class:`bentoml.models.BentoModel` that refuses a missing or damaged model with a
     message that says what to fix. Plain ``BentoModel`` would look a missing one up on
@@ -28,16 +44,28 @@ class ServedModel(BentoModel):
 
     ``bentoml build`` calls :meth:`to_info`, ``bentoml serve`` calls :meth:`resolve`. Inside a
     Bento, BentoML resolves its packaged models as plain ``BentoModel`` objects, so the service
-    also calls :meth:`check` from an ``on_deployment`` hook.
+    also calls :meth:`prepare` from an ``on_deployment`` hook.
     """
+
+    source: RegistrySource | None = None
 
     def to_info(self, alias: str | None = None) -> Any:
         self.check()
         return super().to_info(alias)
 
     def resolve(self, base_path: Any = None, *args: Any, **kwargs: Any) -> Any:
-        self.check()
+        self.prepare()
         return super().resolve(base_path, *args, **kwargs)
+
+    def prepare(self) -> bentoml.Model:
+        """Once per server, before workers start: import the registry's model when there is a
+        ``source`` (retrying, then ``StartupModelError``), then :meth:`check` it."""
+        if self.source is not None:
+            from registry.startup import fetch_model, load_password_file
+
+            load_password_file(self.source.password_file)
+            fetch_model(self.source.uri, bento_name=self.tag.name, timeout_s=self.source.timeout_s)
+        return self.check()
 
     def check(self) -> bentoml.Model:
         """The stored model, after a cheap integrity check; else ``ModelNotServableError``.
@@ -59,3 +87,16 @@ class ServedModel(BentoModel):
                 f"{FIX_THE_MODEL}"
             ) from None
         return stored
+
+
+def served_model(settings: ServingSettings) -> ServedModel:
+    """The model these settings serve: the registry's (``CLASSIFIER_MODEL_URI``), imported at
+    start-up, or the one in the store (``CLASSIFIER_MODEL_TAG``, the image's packaged model)."""
+    if settings.model_uri is None:
+        return ServedModel(settings.model_tag)
+    source = RegistrySource(
+        uri=settings.model_uri,
+        timeout_s=settings.model_fetch_timeout_s,
+        password_file=settings.mlflow_password_file,
+    )
+    return ServedModel(f"{REGISTRY_MODEL_NAME}:latest", source=source)

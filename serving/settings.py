@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from models.compiling import CompileMode
 from models.device import WorkerSlot
@@ -110,6 +118,23 @@ class ServingSettings(BaseModel):
 
     model_tag: str = Field(
         "image-classifier:latest", description="BentoML store tag of the model to serve"
+    )
+    model_uri: str | None = Field(
+        None,
+        description="an MLflow model to serve instead (models:/Name@alias, models:/Name/3 or "
+        "runs:/ID/path): imported from MLFLOW_TRACKING_URI into the BentoML store before the "
+        "server reports ready (as image-classifier-registry); overrides CLASSIFIER_MODEL_TAG",
+    )
+    model_fetch_timeout_s: float = Field(
+        180.0,
+        gt=0,
+        description="how long CLASSIFIER_MODEL_URI retries an unreachable "
+        "registry or a missing alias before the server exits non-zero",
+    )
+    mlflow_password_file: Path | None = Field(
+        None,
+        description="a file holding MLFLOW_TRACKING_PASSWORD (a compose or Kubernetes "
+        "secret), read when CLASSIFIER_MODEL_URI is set and that variable is not",
     )
     device: str = Field("auto", description="auto, cuda or cpu")
     precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -223,6 +248,15 @@ class ServingSettings(BaseModel):
             "max_batch_size": self.batch_size_limit(),
             "max_latency_ms": self.max_latency_ms,
         }
+
+    @field_validator("model_uri", "mlflow_password_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # compose passes "" for a variable .env leaves unset
+        if info.field_name == "model_uri" and not str(value).startswith(("models:/", "runs:/")):
+            raise ValueError("use models:/Name@alias, models:/Name/<version> or runs:/<id>/<path>")
+        return value
 
     @field_validator("api_keys")
     @classmethod

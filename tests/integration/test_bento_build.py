@@ -14,8 +14,18 @@ from ..conftest import PROJECT_ROOT
 # What the Bento's src/ holds besides the two packages' modules: bentofile.yaml's include, and
 # the build's own copy of bentofile.yaml (BentoML writes it).
 TOP_LEVEL_FILES = {"service.py", "configuration.yaml", "requirements-serve.lock", "bentofile.yaml"}
-SHIPPED_PACKAGES = ("models", "serving")
-NEVER_SHIPPED = ("registry", "training", "benchmarks", "devtools", "tests")
+# registry/: a container can import its model from MLflow at start-up (CLASSIFIER_MODEL_URI).
+SHIPPED_PACKAGES = ("models", "serving", "registry")
+NEVER_SHIPPED = (
+    "training",
+    "scoring",
+    "benchmarks",
+    "devtools",
+    "tests",
+    "deploy",
+    "monitoring",
+    "scripts",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +56,7 @@ def test_bento_build_packages_service_config_and_model(built_bento, single_label
     assert service["config"]["traffic"]["timeout"] == 60  # configuration.yaml was applied
 
 
-def test_the_bento_ships_the_service_models_and_serving_only(built_bento):
+def test_the_bento_ships_the_service_models_serving_and_registry_only(built_bento):
     src = Path(built_bento.path) / "src"
     shipped = {
         p.relative_to(src).as_posix()

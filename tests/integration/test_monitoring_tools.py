@@ -152,13 +152,23 @@ def test_no_password_is_in_any_container_configuration():
         )
         for password in PASSWORDS.values():
             assert password not in exposed, (name, password)
-    assert {name: secret["environment"] for name, secret in project["secrets"].items()} == {
+    secrets = project["secrets"]
+    # The classifier's MLflow password (CLASSIFIER_MODEL_URI) is a file the user points to:
+    # compose copies environment-sourced secrets into the container, which its read-only root
+    # refuses. Unset, it is an empty file.
+    assert secrets.pop("classifier_mlflow_password")["file"] == "/dev/null"
+    assert {name: secret["environment"] for name, secret in secrets.items()} == {
         "postgres_password": "POSTGRES_PASSWORD",
         "mlflow_admin_password": "MLFLOW_ADMIN_PASSWORD",
         "grafana_admin_password": "GRAFANA_ADMIN_PASSWORD",
     }
     services = project["services"]
     uses = {name: {s["source"] for s in svc.get("secrets", [])} for name, svc in services.items()}
+    for classifier in ("classifier", "classifier-cpu"):
+        assert uses[classifier] == {"classifier_mlflow_password"}
+        assert services[classifier]["environment"]["CLASSIFIER_MLFLOW_PASSWORD_FILE"] == (
+            "/run/secrets/classifier_mlflow_password"
+        )
     assert uses["postgres"] == {"postgres_password"}
     assert uses["mlflow"] == {"postgres_password", "mlflow_admin_password"}
     assert uses["grafana"] == {"grafana_admin_password"}

@@ -24,7 +24,8 @@ from ..support.tools import require_tool, skip_or_fail
 DOCKER_CLI = "/usr/bin/docker"  # Debian's CLI: BuildKit built in (the one in /usr/local lacks it)
 ENGINE_SCRIPT = PROJECT_ROOT / ".ci" / "docker-engine"
 STANDINS = Path(__file__).parent / "standins" / "build.sh"
-IMAGE = "image-classifier:test"
+# Another tag keeps two checkouts that share an engine from replacing each other's test image.
+IMAGE = os.environ.get("CLASSIFIER_TEST_IMAGE", "image-classifier:test")
 REPORT: list[str] = []
 
 

@@ -104,7 +104,7 @@ def swap_stack(docker_env, classifier_image, mlflow_image, session_dir, tmp_path
 
 def _served_version(url: str) -> str | None:
     try:
-        response = requests.get(f"{url}/metadata", timeout=10)
+        response = requests.post(f"{url}/metadata", timeout=10)
     except requests.RequestException:
         return None
     return response.json()["model"]["mlflow_version"] if response.status_code == 200 else None

@@ -23,7 +23,7 @@ def test_the_server_imports_the_alias_it_is_given_and_serves_it(
     # No such store tag: the URI, not the tag, decides what is served.
     env = {"CLASSIFIER_MODEL_URI": CHAMPION_URI}
     with bentoml_server("not-in-the-store:latest", session_dir / "serve-uri.log", env) as url:
-        metadata = requests.get(f"{url}/metadata", timeout=30).json()
+        metadata = requests.post(f"{url}/metadata", timeout=30).json()
         files = [("images", (p.name, p.read_bytes(), "image/png")) for p in png_images[:3]]
         served = requests.post(f"{url}/classify", files=files, timeout=60)
     assert served.status_code == 200, served.text

@@ -1,17 +1,40 @@
-"""The container image recipe for ``bentoml containerize`` (see README, "Ship it").
+"""The container image recipe for ``bentoml containerize`` (see README, "Ship it"; docs/image.md).
 
 The GPU image, as BentoML documents it: python:3.11-slim plus PyPI torch, which bundles its CUDA
 runtime (torch 2.14.1 = CUDA 13.0: the host needs an NVIDIA driver >= 580). Without a GPU the
 same image serves on the CPU. BentoML runs it as the non-root user ``bentoml``.
+
+What the image leaves out of PyPI's torch stack (each removal measured in docs/image.md):
+
+- BentoML's default system packages (build-essential, git, gnupg2): every package in
+  ``requirements-serve.lock`` is a wheel or pure Python, nothing is compiled at build time.
+- ``triton`` (torch.compile's GPU code generator): the serving lock never lists it, and
+  ``CLASSIFIER_COMPILE_MODE`` other than ``off`` is refused without it (models/compiling.py).
+- Files of the NVIDIA wheels that torch neither links nor dlopens for single-process inference
+  (``PRUNED_PATHS``). Every library ``libtorch_cuda.so`` links (cuDNN, cuBLAS, NCCL, cuSPARSELt,
+  NVSHMEM's host library, ...) and every one ``torch._load_global_deps`` preloads stays.
+
+Files can only be removed in the RUN step that installs them (a later layer would hide them but
+not shrink the image), and BentoML's own install step cannot be extended. So torch, torchvision
+and the CUDA wheels are installed, and pruned, by one command of ours into ``TORCH_DIR`` (a
+layer that changes only when their pins do), which a ``.pth`` file puts on the venv's path;
+BentoML's step installs the rest of the lock into its venv. Both install exactly the lock
+(``--no-deps``): it is complete, generated from the project's resolved environment.
+
+Layer order: everything up to BentoML's final ``COPY . ./`` (the Bento: code, configuration and
+the model) depends only on this recipe and the lock, so a new model rebuilds the last layers only.
+No environment variable may carry the model's tag: ENV lines come first in BentoML's Dockerfile.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import bentoml
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PYTHON_VERSION = "3.11"
 # For builds behind a TLS-intercepting proxy: trust the PEM certificates in the EXTRA_CA_CERTS
 # build secret while packages download, then restore the stock bundle, so the final image trusts
 # only Debian's CAs (the public certificate stays in an intermediate layer). Inline commands:
@@ -32,6 +55,61 @@ UNTRUST_BUILD_CA = (
 _HOME_DIRS = " ".join(f"/home/bentoml/{name}" for name in ("bentos", "models", "envs", "tmp"))
 BENTOML_HOME_DIRS = f"mkdir -p {_HOME_DIRS} && chown bentoml:bentoml {_HOME_DIRS}"
 
+# torch, torchvision and the CUDA wheels: their own directory and layer (see the module docstring).
+TORCH_DIR = "/opt/torch-cuda"
+TORCH_PACKAGE_PREFIXES = ("torch==", "torchvision==", "nvidia-", "cuda-")
+# Under TORCH_DIR; none is linked by torch's libraries or preloaded by ``import torch``
+# (``readelf -d torch/lib/*.so``, torch/__init__.py ``_preload_cuda_deps``).
+PRUNED_PATHS = (
+    "torch/include",  # C++ headers for building extensions (and inductor's CPU code)
+    "nvidia/*/include",  # CUDA headers
+    "nvidia/cu13/include",
+    "nvidia/cu13/lib/*.a",  # static libraries
+    "nvidia/cu13/lib/libcusolverMg.so.*",  # multi-GPU cuSOLVER; torch links libcusolver only
+    "nvidia/cu13/lib/libnvrtc.alt.so.*",  # the alternative NVRTC build; torch loads libnvrtc
+    "nvidia/cu13/lib/libnvrtc-builtins.alt.so.*",
+    "nvidia/cu13/lib/libnvperf_host.so",  # CUPTI's profiling add-ons (libcupti itself stays)
+    "nvidia/cu13/lib/libnvperf_target.so",
+    "nvidia/cu13/lib/libpcsamplingutil.so",
+    "nvidia/cu13/lib/libcheckpoint.so",
+    "nvidia/cu13/lib/libcufftw.so.*",  # FFTW and BLAS drop-in interfaces for C programs
+    "nvidia/cu13/lib/libnvblas.so.*",
+    "nvidia/nvshmem/lib/libnvshmem_device.*",  # device bitcode for kernels linked at build time
+    "nvidia/nccl/lib/libnccl_device.bc",
+)
+# uv's system-wide configuration: BentoML's `uv pip install -r requirements.txt` installs exactly
+# the lock; resolving torchvision's dependencies again would reinstall torch into the venv.
+UV_NO_DEPS = "mkdir -p /etc/uv && printf '[pip]\\nno-deps = true\\n' > /etc/uv/uv.toml"
+# BentoML's Debian default (apt-get install build-essential git gnupg2 ...): nothing needs it.
+_BENTOML_DEFAULT_APT = "apt-get update && apt-get install"
+
+
+def read_pins(requirements: Path) -> list[str]:
+    """The ``name==version`` lines of a lock file (comments dropped)."""
+    lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
+    return [line for line in lines if "==" in line]
+
+
+def is_torch_package(pin: str) -> bool:
+    return pin.lower().startswith(TORCH_PACKAGE_PREFIXES)
+
+
+def install_torch_command(*, pins: list[str]) -> str:
+    """One RUN: install torch and its CUDA wheels into ``TORCH_DIR``, then drop the unused files."""
+    packages = " ".join(shlex.quote(pin) for pin in pins)
+    pruned = " ".join(f"{TORCH_DIR}/{path}" for path in PRUNED_PATHS)
+    return (
+        "pip install --no-cache-dir uv && "
+        f"uv pip install --python python{PYTHON_VERSION} --target {TORCH_DIR} --no-deps "
+        f"--compile-bytecode {packages} && "
+        f"rm -rf {pruned} {TORCH_DIR}/bin"
+    )
+
+
+def torch_on_venv_path() -> str:
+    site = f"/app/.venv/lib/python{PYTHON_VERSION}/site-packages"
+    return f"echo {TORCH_DIR} > {site}/torch-cuda.pth"
+
 
 def image_recipe(*, requirements: Path) -> bentoml.images.Image:
     """The image: Debian + Python 3.11, the pinned serving requirements, writable BentoML dirs.
@@ -39,17 +117,22 @@ def image_recipe(*, requirements: Path) -> bentoml.images.Image:
     The requirements are passed as lines, as ``Image.requirements_file`` would add them: that
     method only takes paths relative to the working directory.
     """
-    pinned = requirements.read_text().rstrip("\n").split("\n")
+    pins = read_pins(requirements)
+    image = bentoml.images.Image(
+        python_version=PYTHON_VERSION, distro="debian", lock_python_packages=False
+    )
+    image.commands[:] = [c for c in image.commands if not c.startswith(_BENTOML_DEFAULT_APT)]
     return (
-        bentoml.images.Image(python_version="3.11", distro="debian", lock_python_packages=False)
-        .run(TRUST_BUILD_CA)
-        .python_packages(*pinned)
+        image.run(TRUST_BUILD_CA)
+        .run(UV_NO_DEPS)
+        .run(install_torch_command(pins=[pin for pin in pins if is_torch_package(pin)]))
+        .python_packages(*[pin for pin in pins if not is_torch_package(pin)])
         .run(UNTRUST_BUILD_CA)
-        .run(BENTOML_HOME_DIRS)
+        .run(f"{torch_on_venv_path()} && {BENTOML_HOME_DIRS}")
     )
 
 
-def image_envs(*, model_tag: str) -> list[dict[str, str]]:
+def image_envs() -> list[dict[str, str]]:
     """The image's environment (``stage: build`` entries exist only while it builds)."""
     return [
         # PEM text of extra CA certificates for the build (a BuildKit secret, not a build arg);
@@ -63,6 +146,4 @@ def image_envs(*, model_tag: str) -> list[dict[str, str]]:
         # instead of BentoML's BuildKit cache mount, where torch's ~6 GB is copied and then
         # kept: a build needs half the disk. CI machines have run out of disk there.
         {"name": "UV_NO_CACHE", "value": "1"},
-        # The image serves the model packaged at build time, whatever its name (override: -e).
-        {"name": "CLASSIFIER_MODEL_TAG", "value": model_tag},
     ]

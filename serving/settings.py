@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from models.compiling import CompileMode
+from models.compiling import CompileMode, compile_unavailable_reason
 from models.device import WorkerSlot
 from models.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -30,6 +31,21 @@ MIN_API_KEY_LENGTH = 16
 # few seconds of CPU, where 64 such images would fit in one small request without a request
 # budget. Figures: docs/performance.md, "Decode cost of a large PNG".
 DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS
+
+
+def packaged_model_tag(environ: Mapping[str, str]) -> str | None:
+    """Inside a containerized Bento (``BENTO_PATH``), the tag of the one model packaged with it.
+
+    The image does not carry the tag in an environment variable: BentoML writes ENV lines at the
+    top of its Dockerfile, so a new model would rebuild every layer (serving/image.py).
+    """
+    bento_path = environ.get("BENTO_PATH")
+    manifest = Path(bento_path, "bento.yaml") if bento_path else None
+    if manifest is None or not manifest.is_file():
+        return None
+    services = yaml.safe_load(manifest.read_text()).get("services") or []
+    tags = {model["tag"] for service in services for model in service.get("models") or []}
+    return tags.pop() if len(tags) == 1 else None
 
 
 def load_service_config(path: Path) -> dict[str, Any]:
@@ -224,6 +240,14 @@ class ServingSettings(BaseModel):
             "max_latency_ms": self.max_latency_ms,
         }
 
+    @field_validator("compile_mode")
+    @classmethod
+    def _compile_mode_can_run(cls, value: str) -> str:
+        # At start-up, before any worker: the image has no triton (serving/image.py).
+        if reason := compile_unavailable_reason(value):
+            raise ValueError(reason)
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _keys_are_usable(cls, value: SecretStr | None) -> SecretStr | None:
@@ -245,14 +269,19 @@ class ServingSettings(BaseModel):
         return [key.strip() for key in self.api_keys.get_secret_value().split(",")]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
-        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
+        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable.
+
+        Without ``CLASSIFIER_MODEL_TAG``, a containerized Bento serves the model packaged in it.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             key = f"{ENV_PREFIX}{name.upper()}"
             if key in environ:
                 values[name] = environ[key]
+        if "model_tag" not in values and (packaged := packaged_model_tag(environ)):
+            values["model_tag"] = packaged
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

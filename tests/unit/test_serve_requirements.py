@@ -24,3 +24,4 @@ def test_serve_lock_has_the_runtime_and_not_the_training_stack():
     }
     assert {"torch", "torchvision", "timm", "bentoml", "pillow", "safetensors"} <= names
     assert not names & {"mlflow", "matplotlib", "scikit-learn", "pytest", "ruff"}
+    assert "triton" not in names  # torch.compile's code generator: left out of the image

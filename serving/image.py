@@ -10,9 +10,11 @@ What the image leaves out of PyPI's torch stack (each removal measured in docs/i
   ``requirements-serve.lock`` is a wheel or pure Python, nothing is compiled at build time.
 - ``triton`` (torch.compile's GPU code generator): the serving lock never lists it, and
   ``CLASSIFIER_COMPILE_MODE`` other than ``off`` is refused without it (models/compiling.py).
-- Files of the NVIDIA wheels that torch neither links nor dlopens for single-process inference
+- Files of torch and the NVIDIA wheels that single-process inference neither links nor dlopens
   (``PRUNED_PATHS``). Every library ``libtorch_cuda.so`` links (cuDNN, cuBLAS, NCCL, cuSPARSELt,
-  NVSHMEM's host library, ...) and every one ``torch._load_global_deps`` preloads stays.
+  NVSHMEM's host library, ...) stays. One deliberate loss: cuSOLVER and torch's lazily loaded
+  ``libtorch_cuda_linalg.so``, i.e. ``torch.linalg`` decompositions on CUDA (not on the CPU),
+  which no classifier's forward uses.
 
 Files can only be removed in the RUN step that installs them (a later layer would hide them but
 not shrink the image), and BentoML's own install step cannot be extended. So torch, torchvision
@@ -63,9 +65,12 @@ TORCH_PACKAGE_PREFIXES = ("torch==", "torchvision==", "nvidia-", "cuda-")
 PRUNED_PATHS = (
     "torch/include",  # C++ headers for building extensions (and inductor's CPU code)
     "nvidia/*/include",  # CUDA headers
-    "nvidia/cu13/include",
     "nvidia/cu13/lib/*.a",  # static libraries
-    "nvidia/cu13/lib/libcusolverMg.so.*",  # multi-GPU cuSOLVER; torch links libcusolver only
+    # cuSOLVER (dense decompositions: torch.linalg on CUDA) and the library torch loads it from,
+    # lazily, on the first such call; a classifier's forward never makes one.
+    "torch/lib/libtorch_cuda_linalg.so",
+    "nvidia/cu13/lib/libcusolver.so.*",
+    "nvidia/cu13/lib/libcusolverMg.so.*",
     "nvidia/cu13/lib/libnvrtc.alt.so.*",  # the alternative NVRTC build; torch loads libnvrtc
     "nvidia/cu13/lib/libnvrtc-builtins.alt.so.*",
     "nvidia/cu13/lib/libnvperf_host.so",  # CUPTI's profiling add-ons (libcupti itself stays)

@@ -82,6 +82,15 @@ PRUNED_PATHS = (
     "nvidia/nvshmem/lib/libnvshmem_device.*",  # device bitcode for kernels linked at build time
     "nvidia/nccl/lib/libnccl_device.bc",
 )
+# torch's own libraries and NCCL ship their full symbol tables (226 MB; the CUDA wheels' others
+# are stripped already). `strip --strip-unneeded` keeps the dynamic symbols that linking and
+# dlopen use, as Debian does for its packages; C++ backtraces show fewer function names.
+STRIPPED_LIBRARIES = ("torch/lib/*.so", "nvidia/nccl/lib/libnccl.so.*")
+# binutils (for strip) is installed and purged within the same RUN: no trace in the image.
+_WITH_STRIP = "apt-get update -qq && apt-get install -qq -y --no-install-recommends binutils"
+_WITHOUT_STRIP = (
+    "apt-get purge -qq -y --auto-remove binutils && apt-get clean && rm -rf /var/lib/apt/lists/*"
+)
 # uv's system-wide configuration: BentoML's `uv pip install -r requirements.txt` installs exactly
 # the lock; resolving torchvision's dependencies again would reinstall torch into the venv.
 UV_NO_DEPS = "mkdir -p /etc/uv && printf '[pip]\\nno-deps = true\\n' > /etc/uv/uv.toml"
@@ -103,11 +112,13 @@ def install_torch_command(*, pins: list[str]) -> str:
     """One RUN: install torch and its CUDA wheels into ``TORCH_DIR``, then drop the unused files."""
     packages = " ".join(shlex.quote(pin) for pin in pins)
     pruned = " ".join(f"{TORCH_DIR}/{path}" for path in PRUNED_PATHS)
+    stripped = " ".join(f"{TORCH_DIR}/{path}" for path in STRIPPED_LIBRARIES)
     return (
         "pip install --no-cache-dir uv && "
         f"uv pip install --python python{PYTHON_VERSION} --target {TORCH_DIR} --no-deps "
         f"--compile-bytecode {packages} && "
-        f"rm -rf {pruned} {TORCH_DIR}/bin"
+        f"rm -rf {pruned} {TORCH_DIR}/bin && "
+        f"{_WITH_STRIP} && strip --strip-unneeded {stripped} && {_WITHOUT_STRIP}"
     )
 
 

@@ -98,6 +98,19 @@ UV_NO_DEPS = "mkdir -p /etc/uv && printf '[pip]\\nno-deps = true\\n' > /etc/uv/u
 _BENTOML_DEFAULT_APT = "apt-get update && apt-get install"
 
 
+class RuntimeImage(bentoml.images.Image):
+    """BentoML's image without the build tools it adds to every Debian image.
+
+    ``Image.__attrs_post_init__`` inserts them as the first command, and BentoML runs it again
+    whenever it copies the image (``attrs.evolve``, when bentofile.yaml is merged in), so the
+    removal lives here rather than after construction.
+    """
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.commands[:] = [c for c in self.commands if not c.startswith(_BENTOML_DEFAULT_APT)]
+
+
 def read_pins(requirements: Path) -> list[str]:
     """The ``name==version`` lines of a lock file (comments dropped)."""
     lines = (line.split("#", 1)[0].strip() for line in requirements.read_text().splitlines())
@@ -134,12 +147,9 @@ def image_recipe(*, requirements: Path) -> bentoml.images.Image:
     method only takes paths relative to the working directory.
     """
     pins = read_pins(requirements)
-    image = bentoml.images.Image(
-        python_version=PYTHON_VERSION, distro="debian", lock_python_packages=False
-    )
-    image.commands[:] = [c for c in image.commands if not c.startswith(_BENTOML_DEFAULT_APT)]
     return (
-        image.run(TRUST_BUILD_CA)
+        RuntimeImage(python_version=PYTHON_VERSION, distro="debian", lock_python_packages=False)
+        .run(TRUST_BUILD_CA)
         .run(UV_NO_DEPS)
         .run(install_torch_command(pins=[pin for pin in pins if is_torch_package(pin)]))
         .python_packages(*[pin for pin in pins if not is_torch_package(pin)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import yaml
 
 from serving import image
@@ -13,7 +14,8 @@ LOCK = PROJECT_ROOT / "requirements-serve.lock"
 
 
 def test_the_recipe_installs_no_compilers_and_torch_in_its_own_pruned_step():
-    recipe = image.image_recipe(requirements=LOCK)
+    # BentoML copies the image when it merges bentofile.yaml in, re-running its __init__.
+    recipe = attrs.evolve(image.image_recipe(requirements=LOCK))
     commands = "\n".join(recipe.commands)
     assert "build-essential" not in commands and "git" not in commands.split()
     [torch_step] = [c for c in recipe.commands if image.TORCH_DIR in c and "--target" in c]

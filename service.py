@@ -25,7 +25,7 @@ SERVED_MODEL = served_model(SETTINGS)
 @bentoml.service(
     name=SERVICE_NAME,
     image=image_recipe(requirements=HERE / "requirements-serve.lock"),
-    envs=image_envs(model_tag=SETTINGS.model_tag),
+    envs=image_envs(),
     service_class=FrontedService,
     **SERVICE_CONFIG,
 )

@@ -9,6 +9,7 @@ cost a little GPU time, a recompile costs a request's timeout.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from typing import Literal
@@ -21,18 +22,33 @@ CompileMode = Literal["off", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[str, ...] = ("off", "reduce-overhead", "max-autotune")
 
 
+def compile_unavailable_reason(mode: str) -> str | None:
+    """Why ``mode`` cannot run here (None: it can): both modes need triton, torch.compile's GPU
+    code generator, which the serving image leaves out (serving/image.py)."""
+    if mode == "off" or importlib.util.find_spec("triton") is not None:
+        return None
+    return (
+        f"compile mode {mode!r} needs triton (torch.compile's GPU code generator), which is not "
+        "installed: the serving image leaves it out; use compile mode 'off' or install "
+        "triton (`pip install triton`, the version torch requires)"
+    )
+
+
 def compile_for_device(
     model: torch.nn.Module, *, mode: str, device: torch.device
 ) -> torch.nn.Module | None:
     """The compiled forward for ``mode`` on ``device``, or None to run ``model`` eagerly.
 
     Both modes capture CUDA graphs, which exist on CUDA only: elsewhere the setting is logged
-    and ignored rather than paying inductor's compile time for no graph replay.
+    and ignored rather than paying inductor's compile time for no graph replay. Without triton
+    either mode raises ``RuntimeError`` on any device, so an image without it says so at once.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
     if mode == "off":
         return None
+    if reason := compile_unavailable_reason(mode):
+        raise RuntimeError(reason)
     if device.type != "cuda":
         logger.warning(
             "compile mode %r applies on CUDA only (CUDA graphs); the model runs eagerly on %s",

@@ -20,16 +20,11 @@ from .http_front import OverloadAnswers, quiet_client_errors
 from .model_store import FIX_THE_MODEL, ServedModel
 from .options import DEFAULT_OPTIONS, ClassifyItem, ClassifyOptions, OptionRules
 from .parsing import fix_response_media_type, install_request_parsing
+from .placement import torch_threads_per_worker, usable_cores, worker_slot
 from .problem_answers import ProblemAnswers
 from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
-from .settings import (
-    SERVICE_NAME,
-    ServingSettings,
-    torch_threads_per_worker,
-    usable_cores,
-    worker_slot,
-)
+from .settings import SERVICE_NAME, ServingSettings
 from .telemetry import install as install_metrics
 
 logger = logging.getLogger("bentoml.image_classifier")

@@ -6,8 +6,8 @@ from these descriptions (``python -m devtools.settings_table``), and a test keep
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from models.compiling import CompileMode
-from models.device import WorkerSlot
+from models.compiling import CompileMode, compile_unavailable_reason
 from models.image_io import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_IMAGE_PIXELS
 
 ENV_PREFIX = "CLASSIFIER_"
@@ -40,6 +39,21 @@ MIN_API_KEY_LENGTH = 16
 DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS
 
 
+def packaged_model_tag(environ: Mapping[str, str]) -> str | None:
+    """Inside a containerized Bento (``BENTO_PATH``), the tag of the one model packaged with it.
+
+    The image does not carry the tag in an environment variable: BentoML writes ENV lines at the
+    top of its Dockerfile, so a new model would rebuild every layer (serving/image.py).
+    """
+    bento_path = environ.get("BENTO_PATH")
+    manifest = Path(bento_path, "bento.yaml") if bento_path else None
+    if manifest is None or not manifest.is_file():
+        return None
+    services = yaml.safe_load(manifest.read_text()).get("services") or []
+    tags = {model["tag"] for service in services for model in service.get("models") or []}
+    return tags.pop() if len(tags) == 1 else None
+
+
 def load_service_config(path: Path) -> dict[str, Any]:
     """This service's block of a BentoML configuration file (``services.image_classifier``).
 
@@ -54,57 +68,6 @@ def load_service_config(path: Path) -> dict[str, Any]:
     if section is not None and not isinstance(section, dict):
         raise ValueError(f"{path}: services.{SERVICE_NAME} must be a mapping")
     return dict(section or {})
-
-
-def worker_slot(service_config: dict[str, Any], *, worker_index: int | None) -> WorkerSlot:
-    """This worker's place among the service's GPUs, from the service's BentoML configuration
-    (``configuration.yaml`` as BentoML resolved it).
-
-    ``workers`` over ``resources.gpu`` workers share each GPU (2 workers and ``gpu: 1``: both
-    on it; 4 and ``gpu: 4``: one each); without ``resources.gpu``, one worker per visible GPU,
-    round robin. ``worker_index`` is BentoML's 1-based worker index (None outside a served
-    worker: worker 1).
-    """
-    workers = service_config.get("workers", 1)
-    gpus = (service_config.get("resources") or {}).get("gpu")
-    per_gpu = 1
-    if isinstance(workers, int) and isinstance(gpus, int | float) and gpus >= 1:
-        per_gpu = math.ceil(workers / int(gpus))
-    return WorkerSlot(index=worker_index or 1, per_gpu=per_gpu)
-
-
-def torch_threads_per_worker(service_config: dict[str, Any], *, usable_cores: int) -> int:
-    """Each worker's share of the cores (``workers`` from the effective BentoML configuration;
-    ``cpu_count`` means one worker per core)."""
-    workers = service_config.get("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
-        return 1
-    return max(1, usable_cores // workers)
-
-
-def usable_cores(*, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota
-    (Docker's ``--cpus``, a Kubernetes CPU limit), rounded up. Without the cap, a container
-    limited to 2 CPUs on a 64-core host would run 64-thread OpenMP teams against its quota."""
-    cores = len(os.sched_getaffinity(0))
-    quota = _cgroup_cpu_quota(cgroup_root)
-    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
-
-
-def _cgroup_cpu_quota(root: Path) -> float | None:
-    """CPUs' worth of quota from cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``); None
-    when there is none or it cannot be read."""
-    try:
-        if (root / "cpu.max").exists():
-            quota, period = (root / "cpu.max").read_text().split()[:2]
-        else:
-            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        if quota in ("max", "-1") or int(period) <= 0:
-            return None
-        return int(quota) / int(period)
-    except (OSError, ValueError):
-        return None
 
 
 class ServingSettings(BaseModel):
@@ -258,6 +221,14 @@ class ServingSettings(BaseModel):
             raise ValueError("use models:/Name@alias, models:/Name/<version> or runs:/<id>/<path>")
         return value
 
+    @field_validator("compile_mode")
+    @classmethod
+    def _compile_mode_can_run(cls, value: str) -> str:
+        # At start-up, before any worker: the image has no triton (serving/image.py).
+        if reason := compile_unavailable_reason(value):
+            raise ValueError(reason)
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _keys_are_usable(cls, value: SecretStr | None) -> SecretStr | None:
@@ -279,14 +250,19 @@ class ServingSettings(BaseModel):
         return [key.strip() for key in self.api_keys.get_secret_value().split(",")]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ServingSettings:
-        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
+        """Read ``CLASSIFIER_*``; a bad value raises ``ValueError`` naming the variable.
+
+        Without ``CLASSIFIER_MODEL_TAG``, a containerized Bento serves the model packaged in it.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             key = f"{ENV_PREFIX}{name.upper()}"
             if key in environ:
                 values[name] = environ[key]
+        if "model_tag" not in values and (packaged := packaged_model_tag(environ)):
+            values["model_tag"] = packaged
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

@@ -24,7 +24,7 @@ from ..support.tools import require_tool, skip_or_fail
 DOCKER_CLI = "/usr/bin/docker"  # Debian's CLI: BuildKit built in (the one in /usr/local lacks it)
 ENGINE_SCRIPT = PROJECT_ROOT / ".ci" / "docker-engine"
 STANDINS = Path(__file__).parent / "standins" / "build.sh"
-# Another tag keeps two checkouts that share an engine from replacing each other's test image.
+# CLASSIFIER_TEST_IMAGE: another tag, when several checkouts share one engine.
 IMAGE = os.environ.get("CLASSIFIER_TEST_IMAGE", "image-classifier:test")
 REPORT: list[str] = []
 
@@ -118,31 +118,67 @@ def image_size_gb(env, image: str) -> float:
     return int(size) / 1e9
 
 
-@pytest.fixture(scope="session")
-def classifier_image(docker_env, standin_images, extra_ca_bundle, single_label_bento) -> str:
-    """`make bento` + `make containerize` for the test model: the README's commands."""
-    env = {**docker_env, "CLASSIFIER_MODEL_TAG": str(single_label_bento.tag)}
-    started = time.monotonic()
+def build_classifier_image(env, *, model_tag: str, image: str, extra_ca_bundle: Path) -> str:
+    """`make bento` + `make containerize` for ``model_tag`` into ``image`` (the README's
+    commands); returns the Bento's tag."""
+    env = {**env, "CLASSIFIER_MODEL_TAG": model_tag}
     built = run(["make", "--no-print-directory", "bento"], env, timeout=600)
     bento_tag = re.search(r'Successfully built Bento\(tag="([^"]+)"\)', built.stdout + built.stderr)
     assert bento_tag, built.stdout + built.stderr
-    bento_tag = bento_tag.group(1)
     make_args = [
-        f"BENTO={bento_tag}",
-        f"IMAGE={IMAGE}",
+        f"BENTO={bento_tag.group(1)}",
+        f"IMAGE={image}",
         "CONTAINERIZE_OPTS=--opt network=host",
         f"EXTRA_CA_BUNDLE={extra_ca_bundle}",
     ]
-    previous = run([DOCKER_CLI, "images", "-q", IMAGE], env).stdout.strip()
+    previous = run([DOCKER_CLI, "images", "-q", image], env).stdout.strip()
     run(["make", "--no-print-directory", "containerize", *make_args], env, timeout=1800)
-    if previous and previous != run([DOCKER_CLI, "images", "-q", IMAGE], env).stdout.strip():
-        # The last run's test image (~7 GB), now untagged: don't let repeated runs fill the disk.
+    if previous and previous != run([DOCKER_CLI, "images", "-q", image], env).stdout.strip():
+        # The last run's test image (~5 GB), now untagged: don't let repeated runs fill the disk.
         run([DOCKER_CLI, "rmi", previous], env, check=False)
+    return bento_tag.group(1)
+
+
+@pytest.fixture(scope="session")
+def classifier_image(docker_env, standin_images, extra_ca_bundle, single_label_bento) -> str:
+    started = time.monotonic()
+    bento_tag = build_classifier_image(
+        docker_env,
+        model_tag=str(single_label_bento.tag),
+        image=IMAGE,
+        extra_ca_bundle=extra_ca_bundle,
+    )
     REPORT.append(
         f"{IMAGE} (bento {bento_tag}): built in {time.monotonic() - started:.0f} s "
-        f"(bentoml build + containerize), {image_size_gb(env, IMAGE):.2f} GB"
+        f"(bentoml build + containerize), {image_size_gb(docker_env, IMAGE):.2f} GB"
     )
     return IMAGE
+
+
+def compressed_size(env, image: str) -> int:
+    """Bytes of ``docker save`` through ``gzip -1``: about what pulling the image transfers
+    (registries store each layer gzip-compressed; their default level packs a little tighter)."""
+    result = run(
+        ["bash", "-o", "pipefail", "-c", f"{DOCKER_CLI} save {image} | gzip -1 | wc -c"],
+        env,
+        timeout=900,
+    )
+    return int(result.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def classifier_image_sizes(docker_env, classifier_image) -> dict[str, float]:
+    """The image's size in GB: ``uncompressed`` (`docker image inspect` .Size, what it takes on
+    the host) and ``compressed`` (what a user pulls), reported in the session summary."""
+    sizes = {
+        "uncompressed": image_size_gb(docker_env, classifier_image),
+        "compressed": compressed_size(docker_env, classifier_image) / 1e9,
+    }
+    REPORT.append(
+        f"{classifier_image} size: {sizes['uncompressed']:.2f} GB uncompressed, "
+        f"{sizes['compressed']:.2f} GB compressed (docker save | gzip -1)"
+    )
+    return sizes
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,9 @@ from PIL import Image
 from models import ModelSpec, Predictor, PreprocessConfig, Task, create_classifier, save_artifact
 from models.compiling import compile_for_device, pad_batch, padded_batch_size
 from models.device import WorkerSlot, choose_device, gpu_for_worker
+from serving.placement import torch_threads_per_worker, usable_cores, worker_slot
 from serving.runtime import build_runtime
-from serving.settings import (
-    ServingSettings,
-    torch_threads_per_worker,
-    usable_cores,
-    worker_slot,
-)
+from serving.settings import ServingSettings
 
 
 def _devices(workers: int, *, per_gpu: int, device_count: int) -> list[int]:
@@ -182,3 +178,21 @@ def test_usable_cores_is_capped_by_the_container_cpu_quota(tmp_path, monkeypatch
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert usable_cores(cgroup_root=tmp_path) == (8 if expected == "all" else expected)
+
+
+def test_without_triton_the_compile_modes_are_refused_saying_why(monkeypatch):
+    """The serving image leaves triton out: a compile mode fails at start-up, not mid-request."""
+    import importlib.util
+
+    from models import compiling
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "triton" else find_spec(name)
+    )
+    assert compiling.compile_unavailable_reason("off") is None
+    with pytest.raises(RuntimeError, match="needs triton"):
+        compile_for_device(torch.nn.Linear(2, 2), mode="max-autotune", device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="CLASSIFIER_COMPILE_MODE: .*needs triton.*'off'"):
+        ServingSettings.from_env({"CLASSIFIER_COMPILE_MODE": "reduce-overhead"})
+    assert ServingSettings.from_env({"CLASSIFIER_COMPILE_MODE": "off"}).compile_mode == "off"

@@ -28,3 +28,4 @@ def test_serve_lock_has_the_runtime_and_not_the_training_stack():
     assert "mlflow-skinny" in names
     assert not names & {"mlflow", "matplotlib", "scikit-learn", "pandas", "sqlalchemy"}
     assert not names & {"pytest", "ruff"}
+    assert "triton" not in names  # torch.compile's code generator: left out of the image

@@ -28,19 +28,17 @@ from starlette.routing import BaseRoute, Route
 
 from .oip_errors import PREFIX, OipErrors
 from .oip_openapi import openapi_paths
+from .oip_outputs import ImageResult, encode_outputs, response_body
 from .oip_tensors import (
     HEADER_LENGTH,
     INPUT_NAME,
     OUTPUT_DATATYPES,
-    ImageResult,
     InferRequest,
     OutputChoice,
     TensorError,
-    encode_outputs,
     image_bytes,
     output_choices,
     read_request,
-    response_body,
 )
 from .options import ClassifyItem, ClassifyOptions, OptionError, OptionRules, parse_options
 from .problems import PROBLEM_JSON, FieldError, Problem, problem_body, problem_details

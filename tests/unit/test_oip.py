@@ -23,12 +23,11 @@ from serving.decoding import DecodeLimits, RequestDecoder
 from serving.guard import RequestGuard
 from serving.http_front import FrontedService
 from serving.oip import OipErrors, install_oip
+from serving.oip_outputs import ImageResult, encode_outputs
 from serving.oip_tensors import (
-    ImageResult,
     OutputChoice,
     TensorError,
     deserialize_bytes,
-    encode_outputs,
     serialize_bytes,
 )
 from serving.options import OptionRules
@@ -52,7 +51,8 @@ LIMITS = DecodeLimits(
 )
 
 
-@bentoml.service(name="oip_probe", service_class=FrontedService)
+# Metrics off: one registry per process (the probe counts its batches itself).
+@bentoml.service(name="oip_probe", service_class=FrontedService, metrics={"enabled": False})
 class OipProbe:
     """Scores an image's mean colour channels: a known answer for every input."""
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 PLATFORM = "pytorch_timm"
+NOT_READY = "not ready: the model is still loading"
 __all__ = ["OipErrors", "install_oip"]
 
 
@@ -89,7 +90,7 @@ class OipEndpoints:
 
     async def ready(self, _: Request) -> Response:
         if self.served_of() is None:
-            return _problem(Problem.OVERLOADED, "not ready: the model is still loading", 503)
+            return _problem(Problem.HTTP_ERROR, NOT_READY, 503)
         return Response(status_code=200)
 
     async def server_metadata(self, _: Request) -> Response:
@@ -104,13 +105,13 @@ class OipEndpoints:
     async def model_metadata(self, _: Request) -> Response:
         served = self.served_of()
         if served is None:
-            return _problem(Problem.OVERLOADED, "not ready: the model is still loading", 503)
+            return _problem(Problem.HTTP_ERROR, NOT_READY, 503)
         return _json(model_metadata(self.model_name, served))
 
     async def infer(self, request: Request) -> Response:
         served = self.served_of()
         if served is None:
-            return _problem(Problem.OVERLOADED, "not ready: the model is still loading", 503)
+            return _problem(Problem.HTTP_ERROR, NOT_READY, 503)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             return _problem(

@@ -354,3 +354,21 @@ def test_multi_label_rows_are_padded():
 
 def test_tensor_error_defaults_to_invalid_request():
     assert TensorError("x").problem is Problem.INVALID_REQUEST
+
+
+def test_not_ready_until_the_model_is_loaded():
+    from starlette.applications import Starlette
+
+    from serving.oip import OipEndpoints
+
+    endpoints = OipEndpoints(service=None, model_name=MODEL, served_of=lambda: None)
+    app = OipErrors(Starlette(routes=endpoints.routes()), model_name=MODEL)
+    with TestClient(app) as test_client:
+        assert test_client.get("/v2/health/live").status_code == 200
+        for response in (
+            test_client.get("/v2/health/ready"),
+            test_client.get(f"/v2/models/{MODEL}/ready"),
+            test_client.post(INFER, content=b"{}"),
+        ):
+            assert response.status_code == 503
+            assert "loading" in response.json()["error"]

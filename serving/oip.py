@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import bentoml
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -42,6 +43,7 @@ from .oip_tensors import (
 )
 from .options import ClassifyItem, ClassifyOptions, OptionError, OptionRules, parse_options
 from .problems import PROBLEM_JSON, FieldError, Problem, problem_body, problem_details
+from .settings import SERVICE_NAME
 
 if TYPE_CHECKING:
     from .app import ServedClassifier
@@ -62,7 +64,8 @@ def install_oip(
 ) -> None:
     """Serve the protocol's routes from ``service`` (a ``FrontedService``) for ``model_name``,
     inferring through its batchable ``api``. ``served_of`` returns this worker's loaded model
-    (None before it is). Install :class:`OipErrors` as a front middleware too."""
+    (None before it is). Their error answers need :class:`OipErrors` as a front middleware
+    (``serving.app.protect`` installs both)."""
     endpoints = OipEndpoints(service=service, model_name=model_name, served_of=served_of, api=api)
     service.add_routes(endpoints.routes(), openapi_paths=openapi_paths(model_name))
 
@@ -94,10 +97,6 @@ class OipEndpoints:
         return Response(status_code=200)
 
     async def server_metadata(self, _: Request) -> Response:
-        import bentoml
-
-        from .settings import SERVICE_NAME
-
         return _json(
             {"name": SERVICE_NAME, "version": bentoml.__version__, "extensions": list(EXTENSIONS)}
         )

@@ -11,6 +11,7 @@ import requests
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from ..conftest import PROJECT_ROOT
 from .conftest import bentoml_server
 from .test_service import _batch_size_histogram
 
@@ -145,3 +146,23 @@ def test_an_unknown_model_is_404(client):
         client.get_model_metadata("no-such-model", headers=AUTH)
     assert raised.value.status() == "404"
     assert MODEL in raised.value.message()
+
+
+def test_the_readme_example_runs(oip_server, png_images):
+    """README.md's tritonclient example, pointed at this server, its model, key and images."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Call it with Triton's client") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    for old, new in {
+        '"127.0.0.1:3000"': repr(oip_server.removeprefix("http://")),
+        '"cat.jpg"': repr(str(png_images[0])),
+        '"dog.png"': repr(str(png_images[-1])),
+        '"image-classifier"': repr(MODEL),
+        "<key>": API_KEY,
+    }.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].as_numpy("labels").shape[0] == 2

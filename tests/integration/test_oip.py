@@ -20,6 +20,12 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MODEL = "shapes-single"  # the BentoML tag's name (tests/conftest.py imports it so)
 
 
+def _auth() -> dict[str, str]:
+    """A fresh headers dict per call: tritonclient's infer writes its
+    Inference-Header-Content-Length into the dict it is given."""
+    return dict(AUTH)
+
+
 @pytest.fixture(scope="module")
 def oip_server(single_label_bento, session_dir):
     with bentoml_server(
@@ -54,7 +60,7 @@ def _classify(url: str, files: list[bytes], **options: str) -> list[list[tuple[s
         f"{url}/classify",
         files=[("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(files)],
         data=options,
-        headers=AUTH,
+        headers=_auth(),
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -69,10 +75,10 @@ def two_images(png_images) -> list[bytes]:
 def test_health_and_metadata(client, single_label_bento):
     assert client.is_server_live()
     assert client.is_server_ready()
-    assert client.is_model_ready(MODEL, headers=AUTH)
-    server = client.get_server_metadata(headers=AUTH)
+    assert client.is_model_ready(MODEL, headers=_auth())
+    server = client.get_server_metadata(headers=_auth())
     assert {"classification", "binary_tensor_data"} <= set(server["extensions"])
-    model = client.get_model_metadata(MODEL, headers=AUTH)
+    model = client.get_model_metadata(MODEL, headers=_auth())
     assert model["name"] == MODEL
     assert model["versions"] == [single_label_bento.tag.version]
     assert model["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
@@ -86,7 +92,7 @@ def test_health_and_metadata(client, single_label_bento):
 def test_infer_agrees_with_classify(client, oip_server, two_images, binary):
     outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("labels", "scores")]
     result = client.infer(
-        MODEL, [_images_input(two_images, binary=binary)], outputs=outputs, headers=AUTH
+        MODEL, [_images_input(two_images, binary=binary)], outputs=outputs, headers=_auth()
     )
     expected = _classify(oip_server, two_images)
     labels, scores = _texts(result.as_numpy("labels")), result.as_numpy("scores")
@@ -99,7 +105,7 @@ def test_infer_agrees_with_classify(client, oip_server, two_images, binary):
 def test_classification_extension(client, oip_server, two_images):
     outputs = [triton.InferRequestedOutput("scores", binary_data=True, class_count=2)]
     result = client.infer(
-        MODEL, [_images_input(two_images, binary=True)], outputs=outputs, headers=AUTH
+        MODEL, [_images_input(two_images, binary=True)], outputs=outputs, headers=_auth()
     )
     classes = _texts(result.as_numpy("scores"))
     # The index is the label's in the model's list (/metadata; OIP metadata has no labels).
@@ -117,7 +123,7 @@ def test_classification_extension(client, oip_server, two_images):
 def test_one_request_is_one_batch(client, oip_server, png_images):
     files = [path.read_bytes() for path in png_images[:5]]
     before, _ = _batch_size_histogram(oip_server)
-    client.infer(MODEL, [_images_input(files, binary=True)], headers=AUTH)
+    client.infer(MODEL, [_images_input(files, binary=True)], headers=_auth())
     after, _ = _batch_size_histogram(oip_server)
     assert after - before == 1  # five images, one batch of the classify API's batcher
 
@@ -127,7 +133,7 @@ def test_a_bad_image_raises_a_readable_error(client, two_images):
         client.infer(
             MODEL,
             [_images_input([two_images[0], b"not an image"], binary=True)],
-            headers=AUTH,
+            headers=_auth(),
         )
     assert raised.value.status() == "400"
     assert "images[1]" in raised.value.message()
@@ -143,7 +149,7 @@ def test_no_key_is_401_but_health_is_open(client, two_images):
 
 def test_an_unknown_model_is_404(client):
     with pytest.raises(InferenceServerException) as raised:
-        client.get_model_metadata("no-such-model", headers=AUTH)
+        client.get_model_metadata("no-such-model", headers=_auth())
     assert raised.value.status() == "404"
     assert MODEL in raised.value.message()
 

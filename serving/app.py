@@ -18,6 +18,7 @@ from .decoding import RequestDecoder
 from .guard import RequestGuard
 from .http_front import OverloadAnswers, quiet_client_errors
 from .model_store import FIX_THE_MODEL, ServedModel
+from .oip import OipErrors, install_oip
 from .options import DEFAULT_OPTIONS, ClassifyItem, ClassifyOptions, OptionRules
 from .parsing import fix_response_media_type, install_request_parsing
 from .placement import torch_threads_per_worker, usable_cores, worker_slot
@@ -179,6 +180,16 @@ def current_option_rules() -> OptionRules:
     return bentoml.get_current_service().served.option_rules
 
 
+def current_served() -> ServedClassifier | None:
+    """This worker's loaded model, or None before the service instance exists."""
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        return bentoml.get_current_service().served
+    except (BentoMLException, AttributeError):
+        return None
+
+
 def protect(
     service: Any,
     *,
@@ -196,9 +207,14 @@ def protect(
     - ``/classify`` parses its own requests: files only, decoded off the event loop by the
       worker's decoder, malformed requests a 4xx, options checked against the model
       (``serving/parsing.py``).
-    - ``ProblemAnswers`` (front, outermost): every error answer, BentoML's and Starlette's
-      included, is RFC 9457 problem details (``serving/problems.py``).
+    - ``ProblemAnswers`` (front): every error answer, BentoML's and Starlette's included, is
+      RFC 9457 problem details (``serving/problems.py``).
+    - The Open Inference Protocol v2 routes (``/v2/...``, ``serving/oip.py``), behind the
+      same guard and through ``/classify``'s batcher; ``OipErrors`` (front, outermost) adds
+      the ``error`` member Triton's client reads to their error answers.
     """
+    model_name = bentoml.Tag.from_taglike(settings.model_tag).name
+    service.add_front_middleware(OipErrors, model_name=model_name)
     service.add_front_middleware(ProblemAnswers)
     service.add_asgi_middleware(
         RequestGuard,
@@ -216,5 +232,6 @@ def protect(
         ),
     )
     install_request_parsing(service.apis["classify"], decoder_of=decoder_of, rules_of=rules_of)
+    install_oip(service, model_name=model_name, served_of=current_served, api="classify")
     for method in service.apis.values():
         fix_response_media_type(method)

@@ -26,9 +26,21 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
 
-# /schema.json: what the BentoML SDK clients read before their first call.
+# /schema.json: what the BentoML SDK clients read before their first call; /v2/health/*: the
+# Open Inference Protocol's probes (serving/oip.py), open like /livez and /readyz.
 OPEN_PATHS = frozenset(
-    {"/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/docs", "/schema.json", "/"}
+    {
+        "/livez",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs.json",
+        "/docs",
+        "/schema.json",
+        "/",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
 )
 OPEN_PREFIXES = ("/static_content/",)
 

@@ -13,6 +13,11 @@ the app BentoML builds:
 
 :func:`quiet_client_errors` turns BentoML's ERROR-with-traceback log records for client errors
 (4xx) and shed requests (503) into one WARNING line each (a client that left: INFO).
+
+:meth:`FrontedService.add_routes` serves more routes from BentoML's own app (inside its
+middlewares and the request guard, like the APIs), and :meth:`FrontedService.call_batched`
+lets them call a batchable API through its adaptive batcher (the Open Inference Protocol,
+``serving/oip.py``).
 """
 
 from __future__ import annotations
@@ -49,20 +54,61 @@ class FrontedService(Service[T]):
     front_middlewares: list[tuple[Callable[..., ASGIApp], dict[str, Any]]] = attrs.field(
         factory=list, init=False
     )
+    extra_routes: list[BaseRoute] = attrs.field(factory=list, init=False)
+    extra_openapi_paths: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # This process's BentoML app factory (set by to_asgi): it owns the adaptive batchers.
+    app_factory: Any = attrs.field(default=None, init=False)
 
     def add_front_middleware(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
         """Like ``add_asgi_middleware``, but outside all of BentoML's middlewares."""
         self.front_middlewares.append((middleware, options))
 
+    def add_routes(
+        self, routes: Sequence[BaseRoute], openapi_paths: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Serve ``routes`` from BentoML's app, behind the same middlewares as the APIs (metrics,
+        limiter, time limit, ``add_asgi_middleware`` ones); ``openapi_paths`` documents them
+        (OpenAPI path items: ``{path: {"get": operation, ...}}``)."""
+        self.extra_routes.extend(routes)
+        self.extra_openapi_paths.update(openapi_paths or {})
+
+    async def call_batched(self, api: str, items: list[Any]) -> list[Any]:
+        """Call the batchable ``api`` with ``items`` (its first, batched argument; the others
+        keep their defaults) through its adaptive batcher, exactly as a request to its route
+        is: batched with that route's traffic, counted in the batch size metric, shed with
+        ``ServiceUnavailable`` when overloaded.
+
+        Private BentoML API (``ServiceAppFactory.batch_infer``, BentoML 1.4.39), the call its
+        ``api_endpoint`` makes after parsing a request; tests/integration/test_oip.py checks it.
+        """
+        if self.app_factory is None:
+            raise RuntimeError("call_batched needs the served app: call to_asgi() first")
+        method = self.apis[api]
+        if not method.batchable:
+            raise ValueError(f"API {api!r} is not batchable")
+        argument = next(iter(method.input_spec.model_fields))
+        return await self.app_factory.batch_infer(api, (), {argument: items})
+
     @property
     def openapi_spec(self) -> Any:
-        """BentoML's spec, with every API's error answers documented as problem details."""
+        """BentoML's spec, with every API's error answers documented as problem details, and
+        the routes added with :meth:`add_routes`."""
+        from bentoml._internal.service.openapi.specification import PathItem
+
         spec = super().openapi_spec
         document_problems(spec)
+        for path, operations in self.extra_openapi_paths.items():
+            spec.paths[path] = PathItem(**operations)
         return spec
 
     def to_asgi(self, is_main: bool = True) -> Any:
-        app = super().to_asgi(is_main=is_main)
+        # Service.to_asgi, keeping the factory for call_batched.
+        from _bentoml_impl.server.app import ServiceAppFactory
+
+        self.inject_config()
+        self.app_factory = ServiceAppFactory(self, is_main=is_main)
+        app = self.app_factory()
+        app.router.routes.extend(self.extra_routes)
         wrapped: ASGIApp = FoldUnknownPaths(app, routes=app.routes)
         for middleware, options in reversed(self.front_middlewares):
             wrapped = middleware(wrapped, **options)

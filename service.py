@@ -14,7 +14,6 @@ from serving.model_store import ServedModel
 from serving.parsing import Threshold, TopK, UploadedImages
 from serving.schemas import Classification, ModelMetadata
 from serving.settings import SERVICE_NAME, ServingSettings, load_service_config
-from serving.ui import UI_PATH, UIFiles
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ServingSettings.from_env()
@@ -23,7 +22,6 @@ SERVED_MODEL = ServedModel(SETTINGS.model_tag)
 
 
 # FrontedService: front middlewares run outside BentoML's metrics and concurrency limiter.
-@bentoml.asgi_app(UIFiles(), path=UI_PATH)  # the page to try the model (serving/ui.py)
 @bentoml.service(
     name=SERVICE_NAME,
     image=image_recipe(requirements=HERE / "requirements-serve.lock"),

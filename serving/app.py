@@ -31,6 +31,7 @@ from .settings import (
     worker_slot,
 )
 from .telemetry import install as install_metrics
+from .ui import UI_PATH, UIFiles
 
 logger = logging.getLogger("bentoml.image_classifier")
 
@@ -203,7 +204,11 @@ def protect(
       (``serving/parsing.py``).
     - ``ProblemAnswers`` (front, outermost): every error answer, BentoML's and Starlette's
       included, is RFC 9457 problem details (``serving/problems.py``).
+    - The page to try the model at ``/ui``, mounted with BentoML's ``asgi_app`` decorator (here
+      rather than on the class, which keeps service.py to a screen); the guard leaves it open
+      (``serving/ui.py``).
     """
+    bentoml.asgi_app(UIFiles(), path=UI_PATH)(service)
     service.add_front_middleware(ProblemAnswers)
     service.add_asgi_middleware(
         RequestGuard,

@@ -24,7 +24,7 @@ DOCKER ?= docker
 
 .PHONY: help install demo-data train train-multilabel import serve quickstart test test-unit \
         test-integration lint format clean serve-requirements bento containerize run-image \
-        mlflow-image stack-config rolling-update k8s-manifests benchmark soak
+        mlflow-image stack-config rolling-update k8s-manifests benchmark soak ui-screenshot
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -62,6 +62,11 @@ quickstart: install demo-data ## set up, train if nothing is registered, import,
 		$(MAKE) --no-print-directory train; \
 	fi
 	$(MAKE) --no-print-directory import serve
+
+UI_KEY ?=
+ui-screenshot: install demo-data ## screenshot the /ui page of the server at HOST:PORT (make serve) to docs/images/ui.png
+	$(PY) -m devtools.ui_screenshot --url http://$(HOST):$(PORT) --key '$(UI_KEY)' \
+		--out docs/images/ui.png data/demo/single_label
 
 serve-requirements: install ## regenerate requirements-serve.lock (the image's pins) from requirements.lock
 	$(PY) scripts/serve_requirements.py

@@ -17,7 +17,7 @@ from models.artifact import stored_artifact_dir
 from .decoding import RequestDecoder
 from .guard import RequestGuard
 from .http_front import OverloadAnswers, quiet_client_errors
-from .model_store import FIX_THE_MODEL, ServedModel
+from .model_store import FIX_THE_MODEL, ServedModel, served_model
 from .oip import OipErrors, install_oip
 from .options import DEFAULT_OPTIONS, ClassifyItem, ClassifyOptions, OptionRules
 from .parsing import fix_response_media_type, install_request_parsing
@@ -27,6 +27,7 @@ from .runtime import Runtime, build_runtime
 from .schemas import Classification, ModelMetadata, ModelRef, model_ref
 from .settings import SERVICE_NAME, ServingSettings
 from .telemetry import install as install_metrics
+from .ui import UI_PATH, UIFiles
 
 logger = logging.getLogger("bentoml.image_classifier")
 
@@ -212,8 +213,12 @@ def protect(
     - The Open Inference Protocol v2 routes (``/v2/...``, ``serving/oip.py``), behind the
       same guard and through ``/classify``'s batcher; ``OipErrors`` (front, outermost) adds
       the ``error`` member Triton's client reads to their error answers.
+    - The page to try the model at ``/ui``, mounted with BentoML's ``asgi_app`` decorator (here
+      rather than on the class, which keeps service.py to a screen); the guard leaves it open
+      (``serving/ui.py``).
     """
-    model_name = bentoml.Tag.from_taglike(settings.model_tag).name
+    model_name = served_model(settings).tag.name  # the OIP's {model}: the served model's name
+    bentoml.asgi_app(UIFiles(), path=UI_PATH)(service)
     service.add_front_middleware(OipErrors, model_name=model_name)
     service.add_front_middleware(ProblemAnswers)
     service.add_asgi_middleware(

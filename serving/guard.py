@@ -5,7 +5,9 @@ The key and declared-size checks run before the body is read, so a client withou
 a 2 GB upload costs the server a few header comparisons, not memory. A body that stops arriving
 for ``body_read_timeout_s`` gets 408, so a slow or stalled client cannot hold a concurrency slot
 for the whole request time limit. Health, metrics and the API docs stay open: orchestrators and
-Prometheus call them without credentials, and the spec holds no secrets.
+Prometheus call them without credentials, and the spec holds no secrets. So does the page to
+try the model (``/ui``, static files): a browser loads it without a key, and the calls it makes
+carry the key the user enters.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from .problems import PROBLEM_JSON, Problem, problem_body, problem_details
+from .ui import UI_PATH
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,22 +30,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger(__name__)
 
 # /schema.json: what the BentoML SDK clients read before their first call; /v2/health/*: the
-# Open Inference Protocol's probes (serving/oip.py), open like /livez and /readyz.
+# Open Inference Protocol's probes (serving/oip.py), open like /livez and /readyz. UI_PATH
+# (redirected to UI_PATH/) and the files under it: the page to try the model.
 OPEN_PATHS = frozenset(
-    {
-        "/livez",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/docs.json",
-        "/docs",
-        "/schema.json",
-        "/",
-        "/v2/health/live",
-        "/v2/health/ready",
-    }
+    {"/livez", "/healthz", "/readyz", "/metrics", "/docs.json", "/docs", "/schema.json", "/"}
+    | {"/v2/health/live", "/v2/health/ready", UI_PATH}
 )
-OPEN_PREFIXES = ("/static_content/",)
+OPEN_PREFIXES = ("/static_content/", f"{UI_PATH}/")
 
 
 def is_open_path(path: str) -> bool:

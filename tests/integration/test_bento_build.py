@@ -70,4 +70,7 @@ def test_the_bento_ships_the_service_models_serving_and_registry_only(built_bent
     }
     strays = sorted(f for f in shipped if f.split("/")[0] in NEVER_SHIPPED)
     assert not strays, strays
-    assert shipped == TOP_LEVEL_FILES | modules
+    # The /ui page's static files (serving/ui.py serves them from the Bento).
+    page_files = {f"serving/ui/{p.name}" for p in (PROJECT_ROOT / "serving" / "ui").iterdir()}
+    assert {"serving/ui/index.html", "serving/ui/ui.js", "serving/ui/ui.css"} <= page_files
+    assert shipped == TOP_LEVEL_FILES | modules | page_files

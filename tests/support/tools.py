@@ -1,4 +1,4 @@
-"""Locating the external tools some tests need (promtool, Docker, Compose v2).
+"""Locating the external tools some tests need (promtool, Docker, Compose v2, chromium).
 
 CI installs them (`.ci/docker-engine install`); on a developer machine without them the tests
 that need them are skipped with the command to run. Under CI (``CI`` set) a missing tool fails
@@ -30,6 +30,15 @@ def require_tool(name: str, hint: str) -> str:
 
 def promtool() -> str:
     return require_tool("promtool", "run `.ci/docker-engine install` (Debian's prometheus package)")
+
+
+def chromium() -> str:
+    """Debian's chromium, for Playwright's ``executable_path`` (Playwright's own browser
+    download cannot work on these machines)."""
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    return require_tool("chromium", "run `.ci/docker-engine install` (Debian's chromium package)")
 
 
 def compose_binary() -> str:

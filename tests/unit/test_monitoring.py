@@ -169,8 +169,12 @@ def test_no_default_passwords_in_repo_files():
     values = re.findall(r"^\w*PASSWORD=(.*)$", example, flags=re.MULTILINE)
     assert values and all(value.split("#")[0].strip() == "" for value in values)
     compose = (PROJECT_ROOT / "docker-compose.yml").read_text()
-    references = re.findall(r"\$\{(\w*PASSWORD)([^}]*)\}", compose)
+    references = re.findall(r"\$\{(\w*PASSWORD)\b([^}]*)\}", compose)
     assert references and all(rest.startswith(":?") for _, rest in references), references
+    # The one password file the user may point to has no default but an empty file.
+    assert re.findall(r"\$\{(\w*PASSWORD_FILE)([^}]*)\}", compose) == [
+        ("CLASSIFIER_MLFLOW_PASSWORD_FILE", ":-/dev/null")
+    ]
 
 
 def test_grafana_provisioning_matches_the_dashboard():

@@ -109,7 +109,7 @@ def test_classification_extension(client, oip_server, two_images):
     )
     classes = _texts(result.as_numpy("scores"))
     # The index is the label's in the model's list (/metadata; OIP metadata has no labels).
-    all_labels = requests.get(f"{oip_server}/metadata", headers=AUTH, timeout=10).json()["labels"]
+    all_labels = requests.post(f"{oip_server}/metadata", headers=AUTH, timeout=10).json()["labels"]
     expected = _classify(oip_server, two_images, top_k="2")
     for row, want in zip(classes, expected, strict=True):
         parsed = [entry.split(":", 2) for entry in row]

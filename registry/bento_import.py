@@ -53,6 +53,11 @@ HEADLINE_METRICS = (
 )
 
 
+NOT_RETRYABLE_MLFLOW_ERRORS = frozenset(
+    {"PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
+)
+
+
 class ModelImportError(RuntimeError):
     """The MLflow model could not be found, reached or imported; the message says which.
 
@@ -122,8 +127,10 @@ def resolve_source(model_uri: str, client) -> MlflowSource:
             run = client.get_run(match["run_id"])
             return MlflowSource(model_uri, model_uri, run.info.run_id)
     except MlflowException as exc:
+        # A refusal stays a refusal; anything else (a server restarting, a 5xx) may pass.
+        refused = exc.error_code in NOT_RETRYABLE_MLFLOW_ERRORS
         raise ModelImportError(
-            f"cannot resolve {model_uri}: {exc.message}", retryable=True
+            f"cannot resolve {model_uri}: {exc.message}", retryable=not refused
         ) from None
     return MlflowSource(
         requested_uri=model_uri,

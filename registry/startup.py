@@ -36,20 +36,28 @@ class StartupModelError(RuntimeError):
     """No model could be imported from the registry at start-up; the message says why."""
 
 
-def load_password_file(path: Path | None, *, environ: dict[str, str] | None = None) -> None:
+def load_password_file(path: Path | None, *, environ: dict[str, str] | None = None) -> bool:
     """Put the password a secret file holds where MLflow's client reads it (the environment),
-    unless the environment already has one. MLflow itself has no ``*_FILE`` variable."""
+    unless the environment already has one; True when it did. MLflow itself has no ``*_FILE``
+    variable. The caller removes it again after the import (``forget_password``), so that
+    the server's workers, started later, do not inherit it."""
     env = os.environ if environ is None else environ
     if path is None or env.get(PASSWORD_VAR):
-        return
+        return False
     try:
         password = path.read_text().strip()
     except OSError as exc:
         raise StartupModelError(
             f"CLASSIFIER_MLFLOW_PASSWORD_FILE={path} cannot be read: {exc.strerror}"
         ) from None
-    if password:
-        env[PASSWORD_VAR] = password
+    if not password:
+        return False
+    env[PASSWORD_VAR] = password
+    return True
+
+
+def forget_password(*, environ: dict[str, str] | None = None) -> None:
+    (os.environ if environ is None else environ).pop(PASSWORD_VAR, None)
 
 
 def fetch_model(
@@ -61,11 +69,12 @@ def fetch_model(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> bentoml.Model:
-    """Import ``model_uri`` as ``bento_name:latest``, retrying what may pass for ``timeout_s``.
+    """Import ``model_uri`` as ``bento_name:latest``, retrying what may pass for ``timeout_s``
+    from the first failure (a slow first attempt, such as MLflow's import, does not use it up).
 
     Raises ``StartupModelError`` naming the URI, the registry, the last reason and what to fix.
     """
-    deadline = clock() + timeout_s
+    deadline: float | None = None
     backoff_s = FIRST_BACKOFF_S
     attempt = 0
     while True:
@@ -73,6 +82,7 @@ def fetch_model(
         try:
             model, created = importer(model_uri, bento_name=bento_name)
         except ModelImportError as exc:
+            deadline = clock() + timeout_s if deadline is None else deadline
             if not exc.retryable or clock() + backoff_s > deadline:
                 raise StartupModelError(_failure(model_uri, exc, attempts=attempt)) from None
             logger.warning(

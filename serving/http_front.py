@@ -149,7 +149,10 @@ class FoldUnknownPaths:
 
 
 def _is_static_file(files: StaticFiles, scope: Scope) -> bool:
-    _, found = files.lookup_path(files.get_path(scope))
+    try:
+        _, found = files.lookup_path(files.get_path(scope))
+    except (OSError, ValueError):  # a NUL byte, a name over the filesystem's limit: no file
+        return False
     return found is not None
 
 

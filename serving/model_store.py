@@ -48,6 +48,9 @@ class ServedModel(BentoModel):
     """
 
     source: RegistrySource | None = None
+    # Set once the registry's model is imported: BentoML's resolve() and the on_deployment hook
+    # both prepare the model under plain `bentoml serve`, and one import is enough.
+    _fetched: list[bool] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     def to_info(self, alias: str | None = None) -> Any:
         self.check()
@@ -60,11 +63,18 @@ class ServedModel(BentoModel):
     def prepare(self) -> bentoml.Model:
         """Once per server, before workers start: import the registry's model when there is a
         ``source`` (retrying, then ``StartupModelError``), then :meth:`check` it."""
-        if self.source is not None:
-            from registry.startup import fetch_model, load_password_file
+        if self.source is not None and not self._fetched:
+            from registry.startup import fetch_model, forget_password, load_password_file
 
-            load_password_file(self.source.password_file)
-            fetch_model(self.source.uri, bento_name=self.tag.name, timeout_s=self.source.timeout_s)
+            from_file = load_password_file(self.source.password_file)
+            try:
+                fetch_model(
+                    self.source.uri, bento_name=self.tag.name, timeout_s=self.source.timeout_s
+                )
+            finally:
+                if from_file:
+                    forget_password()
+            self._fetched.append(True)
         return self.check()
 
     def check(self) -> bentoml.Model:

@@ -49,10 +49,18 @@ function showBanner(message) {
   $("banner").hidden = !message;
 }
 
+// Each key change reloads the lineage: only the newest request may write the answer (an
+// earlier, keyless request's 401 can arrive after the keyed 200).
+let lineageRequest = 0;
+
 async function loadLineage() {
   const status = $("lineage-status");
+  const request = ++lineageRequest;
+  status.textContent = "Loading the model's metadata…";
+  status.classList.remove("error");
   try {
     const response = await fetch("/metadata", { method: "POST", headers: authHeaders() });
+    if (request !== lineageRequest) return;
     if (!response.ok) {
       status.textContent = `Model metadata unavailable. ${describeProblem(await readProblem(response))}`;
       status.classList.add("error");
@@ -60,6 +68,7 @@ async function loadLineage() {
       return;
     }
     const metadata = await response.json();
+    if (request !== lineageRequest) return;
     const values = { ...metadata.model, task: metadata.task, architecture: metadata.architecture };
     for (const field of document.querySelectorAll("#lineage-fields [data-field]")) {
       field.textContent = values[field.dataset.field] || "–";
@@ -68,7 +77,9 @@ async function loadLineage() {
     status.classList.remove("error");
     $("lineage-fields").hidden = false;
   } catch (error) {
+    if (request !== lineageRequest) return;
     status.textContent = `Model metadata unavailable: ${error}`;
+    status.classList.add("error");
   }
 }
 

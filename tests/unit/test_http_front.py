@@ -203,4 +203,7 @@ async def test_a_static_mount_counts_only_its_files_as_served(tmp_path):
     assert (await _get(folded, "/static_content/app.js")).status_code == 200
     for i in range(3):
         assert (await _get(folded, f"/static_content/random{i}")).status_code == 404
-    assert seen == ["/static_content/app.js", *[UNMATCHED_PATH] * 3]
+    # Names the filesystem refuses to look up (a NUL byte, over 255 bytes): no file, not a 500.
+    for hostile in ("/static_content/%00", f"/static_content/{'a' * 300}"):
+        assert (await _get(folded, hostile)).status_code == 404
+    assert seen == ["/static_content/app.js", *[UNMATCHED_PATH] * 5]

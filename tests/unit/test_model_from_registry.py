@@ -7,13 +7,22 @@ tests/containers/test_model_swap.py.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+import registry.startup
 from registry.bento_import import ModelImportError, resolve_source
-from registry.startup import WHAT_TO_FIX, StartupModelError, fetch_model, load_password_file
+from registry.startup import (
+    WHAT_TO_FIX,
+    StartupModelError,
+    fetch_model,
+    forget_password,
+    load_password_file,
+)
 from registry.tracking_server import PASSWORD_VAR, TrackingServerError, check_tracking_reachable
 from serving.image import MAKE_REGISTRY_STORE_DIR, REGISTRY_STORE_DIR
-from serving.model_store import REGISTRY_MODEL_NAME, served_model
+from serving.model_store import REGISTRY_MODEL_NAME, ServedModel, served_model
 from serving.settings import ServingSettings
 
 URI = "models:/image-classifier@champion"
@@ -121,6 +130,22 @@ def test_retrying_stops_at_the_deadline_with_a_message_that_says_what_to_fix(mon
     assert WHAT_TO_FIX in message
 
 
+def test_the_deadline_counts_from_the_first_failure_not_from_a_slow_first_attempt():
+    clock = FakeClock()
+
+    class SlowFirstAttempt(Registry):
+        def __call__(self, model_uri, *, bento_name):
+            clock.now += 30 if not self.calls else 0  # importing MLflow on a busy machine
+            return super().__call__(model_uri, bento_name=bento_name)
+
+    registry = SlowFirstAttempt(
+        ModelImportError("registered model 'x' has no alias 'champion'", retryable=True),
+        StoredModel(),
+    )
+    assert isinstance(fetch(registry, clock, timeout_s=6), StoredModel)
+    assert len(registry.calls) == 2
+
+
 def test_what_retrying_cannot_fix_fails_at_once():
     clock = FakeClock()
     registry = Registry(ModelImportError("models:/x/1 is not a classifier model from this project"))
@@ -143,10 +168,12 @@ def test_the_password_file_feeds_mlflows_variable_unless_it_is_set(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("from-the-secret\n")
     env: dict[str, str] = {}
-    load_password_file(secret, environ=env)
+    assert load_password_file(secret, environ=env)
     assert env == {PASSWORD_VAR: "from-the-secret"}
+    forget_password(environ=env)
+    assert env == {}
     env = {PASSWORD_VAR: "from-the-environment"}
-    load_password_file(secret, environ=env)
+    assert not load_password_file(secret, environ=env)
     assert env == {PASSWORD_VAR: "from-the-environment"}
     empty = tmp_path / "empty"  # compose's default: /dev/null
     empty.write_text("")
@@ -161,3 +188,30 @@ def test_the_image_makes_the_import_directory_writable_under_a_tmpfs():
     # Docker gives a tmpfs root's ownership and the mode of the directory under it.
     assert f"/home/bentoml/bento/models/{REGISTRY_MODEL_NAME}" == REGISTRY_STORE_DIR
     assert MAKE_REGISTRY_STORE_DIR.endswith(f"chmod 1777 {REGISTRY_STORE_DIR}")
+
+
+def test_the_model_is_fetched_once_per_process_and_the_password_not_left_behind(
+    tmp_path, monkeypatch
+):
+    """Plain `bentoml serve` prepares the model twice (resolve, then the on_deployment hook);
+    workers, started afterwards, must not inherit the password read from the file."""
+    secret = tmp_path / "password"
+    secret.write_text("from-the-secret")
+    monkeypatch.delenv(PASSWORD_VAR, raising=False)
+    seen: list[str | None] = []
+
+    def fetch_model(uri, *, bento_name, timeout_s):
+        import os
+
+        seen.append(os.environ.get(PASSWORD_VAR))
+
+    monkeypatch.setattr(registry.startup, "fetch_model", fetch_model)
+    monkeypatch.setattr(ServedModel, "check", lambda self: "checked")
+    settings = ServingSettings.from_env(
+        {"CLASSIFIER_MODEL_URI": URI, "CLASSIFIER_MLFLOW_PASSWORD_FILE": str(secret)}
+    )
+    model = served_model(settings)
+    assert model.prepare() == "checked" and model.prepare() == "checked"
+    assert seen == ["from-the-secret"]
+
+    assert PASSWORD_VAR not in os.environ

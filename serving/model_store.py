@@ -13,6 +13,10 @@ from bentoml.models import BentoModel
 
 from models.artifact import ArtifactError, check_artifact, stored_artifact_dir
 
+# Imported with the service, not when first needed: inside a containerized Bento, BentoML takes
+# the Bento's source directory off sys.path again once the service module is imported.
+from registry.startup import fetch_model, forget_password, load_password_file
+
 from .settings import ServingSettings
 
 # The BentoML store name of a model imported at start-up (CLASSIFIER_MODEL_URI): apart from the
@@ -64,8 +68,6 @@ class ServedModel(BentoModel):
         """Once per server, before workers start: import the registry's model when there is a
         ``source`` (retrying, then ``StartupModelError``), then :meth:`check` it."""
         if self.source is not None and not self._fetched:
-            from registry.startup import fetch_model, forget_password, load_password_file
-
             from_file = load_password_file(self.source.password_file)
             try:
                 fetch_model(

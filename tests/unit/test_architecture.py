@@ -138,3 +138,33 @@ def test_no_source_module_is_over_300_lines():
 def test_the_service_file_is_at_most_60_lines():
     lines = len((PROJECT_ROOT / "service.py").read_text().splitlines())
     assert lines <= MAX_SERVICE_LINES, f"service.py has {lines} lines"
+
+
+SHIPPED_PACKAGES = ("models", "serving", "registry")
+
+
+def _imports_inside_functions(path: Path) -> list[str]:
+    """The project modules a file imports from inside a function body."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = _absolute(node, path)
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {name}" for name in names]
+    return [entry for entry in found if entry.split()[1].split(".")[0] in SHIPPED_PACKAGES]
+
+
+def test_what_serves_imports_the_project_at_module_import_time():
+    """Inside a containerized Bento, BentoML removes the Bento's source directory from sys.path
+    once the service module is imported: a project module first imported later, from inside a
+    function, is not found there (a model from the registry at start-up failed so)."""
+    files = [PROJECT_ROOT / "service.py", *_modules("serving")]
+    late = [entry for path in files for entry in _imports_inside_functions(path)]
+    assert not late, late

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-import registry.startup
+import serving.model_store
 from registry.bento_import import ModelImportError, resolve_source
 from registry.startup import (
     WHAT_TO_FIX,
@@ -205,7 +205,7 @@ def test_the_model_is_fetched_once_per_process_and_the_password_not_left_behind(
 
         seen.append(os.environ.get(PASSWORD_VAR))
 
-    monkeypatch.setattr(registry.startup, "fetch_model", fetch_model)
+    monkeypatch.setattr(serving.model_store, "fetch_model", fetch_model)
     monkeypatch.setattr(ServedModel, "check", lambda self: "checked")
     settings = ServingSettings.from_env(
         {"CLASSIFIER_MODEL_URI": URI, "CLASSIFIER_MLFLOW_PASSWORD_FILE": str(secret)}

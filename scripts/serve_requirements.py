@@ -20,8 +20,10 @@ SERVING_ROOTS = (
     # uvicorn (BentoML's server) uses these when installed: a faster event loop and HTTP parser.
     "httptools",
     "uvloop",
-    # registry/ imports a model from MLflow at start-up (CLASSIFIER_MODEL_URI): the client only.
+    # registry/ imports a model from MLflow at start-up (CLASSIFIER_MODEL_URI): the client only,
+    # and pandas, which mlflow.pyfunc imports (BentoML's MLflow import reads its flavour name).
     "mlflow-skinny",
+    "pandas",
     "numpy",
     "pillow",
     "pydantic",

@@ -22,9 +22,10 @@ from .conftest import DOCKER_CLI, REPORT, build_classifier_image, inspect, run
 READY_TIMEOUT_S = 240
 # The plan's bound: from `docker run` to /readyz 200, model load and warm-up included.
 START_UP_BOUND_S = 60
-# docs/image.md: 4.56 GB measured; a margin for the model and packaging noise, not for a new
-# 200 MB library.
-UNCOMPRESSED_BUDGET_GB = 4.7
+# docs/image.md: 4.56 GB measured before MLflow's client and pandas joined the image (for
+# CLASSIFIER_MODEL_URI, about 0.1 GB); a margin for the model and packaging noise, not for a
+# new 200 MB library.
+UNCOMPRESSED_BUDGET_GB = 4.8
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PROBE = Path(__file__).with_name("image_probe.py")
 BENTO_SRC = "/home/bentoml/bento/src"

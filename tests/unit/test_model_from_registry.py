@@ -114,7 +114,8 @@ def test_an_unreachable_registry_or_missing_alias_is_retried_until_it_answers():
 
 
 def test_retrying_stops_at_the_deadline_with_a_message_that_says_what_to_fix(monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:s3cret@mlflow:5000")
+    secret = "not-a-real-password"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://admin:" + secret + "@mlflow:5000")
     clock = FakeClock()
     unreachable = ModelImportError("cannot reach the MLflow tracking server", retryable=True)
     registry = Registry(*[unreachable] * 50)
@@ -124,7 +125,7 @@ def test_retrying_stops_at_the_deadline_with_a_message_that_says_what_to_fix(mon
     assert clock.now <= 60
     assert max(clock.sleeps) <= 15  # capped back-off: a registry that comes back is seen soon
     assert f"CLASSIFIER_MODEL_URI={URI}" in message
-    assert "http://mlflow:5000" in message and "s3cret" not in message  # credentials redacted
+    assert "http://mlflow:5000" in message and secret not in message  # credentials redacted
     assert f"after {len(registry.calls)} attempts" in message
     assert "cannot reach the MLflow tracking server" in message
     assert WHAT_TO_FIX in message
